@@ -1,0 +1,253 @@
+"""The typed errors every public operation raises.
+
+The whole tree::
+
+    ChatStoreError
+    ├── InvalidInput                 caller mistakes, caught before anything is sent
+    │   ├── InvalidIdentifier        malformed user id or UUID
+    │   ├── InvalidContent           empty content or a character PostgreSQL rejects
+    │   ├── ContentTooLong           longer than the role allows
+    │   ├── InvalidRole              not a MessageRole
+    │   ├── InvalidMetadata          not a small JSON object
+    │   ├── InvalidLimit             page size outside 1..max
+    │   └── InvalidCursor            not a cursor this package produced for this listing
+    ├── NotFound
+    │   ├── ConversationNotFound     missing, or owned by another user (indistinguishable)
+    │   └── UserNotFound             the user id is not in the application's users table
+    ├── ConversationArchived         appending to an archived conversation
+    ├── IdempotencyConflict          message_id already used for another conversation
+    ├── IntegrityViolation           any other constraint the database enforced
+    ├── TransientError               retrying the same call may succeed (retryable = True)
+    │   ├── DatabaseUnavailable      connection lost, server restarting, too many connections
+    │   ├── PoolTimeout              no pooled connection within pool_timeout
+    │   ├── QueryTimeout             the server's statement_timeout cancelled the query
+    │   └── SerializationFailure     deadlock or serialization failure
+    └── DatabaseError                anything else the database reported
+
+Database errors are translated in one place, :func:`translate_errors`, by SQLSTATE
+(never by message text), and re-raised ``from`` the driver's exception. Messages
+name the problem but never carry message content, metadata, user ids or passwords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+__all__ = [
+    "ChatStoreError",
+    "ContentTooLong",
+    "ConversationArchived",
+    "ConversationNotFound",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "IdempotencyConflict",
+    "IntegrityViolation",
+    "InvalidContent",
+    "InvalidCursor",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "InvalidLimit",
+    "InvalidMetadata",
+    "InvalidRole",
+    "NotFound",
+    "PoolTimeout",
+    "QueryTimeout",
+    "SerializationFailure",
+    "TransientError",
+    "UserNotFound",
+    "translate_errors",
+]
+
+
+class ChatStoreError(Exception):
+    """Base class of every error this package raises."""
+
+    retryable: ClassVar[bool] = False
+    #: The SQLSTATE the database reported, when the error came from the database.
+    sqlstate: str | None = None
+
+
+class InvalidInput(ChatStoreError, ValueError):
+    """Raised when an argument is rejected before anything is sent to the database."""
+
+
+class InvalidIdentifier(InvalidInput):
+    """Raised when a user id or a UUID argument is malformed."""
+
+
+class InvalidContent(InvalidInput):
+    """Raised when message content is empty or holds a character PostgreSQL cannot store."""
+
+
+class ContentTooLong(InvalidInput):
+    """Raised when message content is longer than its role allows."""
+
+
+class InvalidRole(InvalidInput):
+    """Raised when a role is not one of MessageRole's values."""
+
+
+class InvalidMetadata(InvalidInput):
+    """Raised when metadata is not a JSON object within the documented size and depth."""
+
+
+class InvalidLimit(InvalidInput):
+    """Raised when a page size is outside 1..the operation's maximum."""
+
+
+class InvalidCursor(InvalidInput):
+    """Raised when a cursor is malformed or belongs to another kind of listing."""
+
+
+class NotFound(ChatStoreError, LookupError):
+    """Raised when the thing asked for does not exist for this user."""
+
+
+class ConversationNotFound(NotFound):
+    """Raised when a conversation does not exist or belongs to another user."""
+
+
+class UserNotFound(NotFound):
+    """Raised when the user id is not present in the application's users table."""
+
+
+class ConversationArchived(ChatStoreError):
+    """Raised when a message is appended to an archived conversation."""
+
+
+class IdempotencyConflict(ChatStoreError):
+    """Raised when a message_id is reused for a different conversation or user."""
+
+
+class IntegrityViolation(ChatStoreError):
+    """Raised when the database rejects a write for a constraint not covered above."""
+
+
+class TransientError(ChatStoreError):
+    """Raised when the same call may succeed if retried (pass message_id to retry appends)."""
+
+    retryable: ClassVar[bool] = True
+
+
+class DatabaseUnavailable(TransientError):
+    """Raised when the connection was lost or the server refused or is restarting."""
+
+
+class PoolTimeout(TransientError):
+    """Raised when no pooled connection became free within the pool timeout."""
+
+
+class QueryTimeout(TransientError):
+    """Raised when the server cancelled a statement (statement_timeout or a cancel request)."""
+
+
+class SerializationFailure(TransientError):
+    """Raised on a deadlock or a serialization failure."""
+
+
+class DatabaseError(ChatStoreError):
+    """Raised for any other error the database reported."""
+
+
+# Constraint names come from the migrations; they identify which rule a write broke.
+_FK_ERRORS: dict[str, type[ChatStoreError]] = {
+    "conversations_user_id_fkey": UserNotFound,
+    "messages_user_id_fkey": UserNotFound,
+    "messages_conversation_id_fkey": ConversationNotFound,
+}
+_CHECK_ERRORS: dict[str, type[ChatStoreError]] = {
+    "chk_user_message_length": ContentTooLong,
+    "messages_role_check": InvalidRole,
+}
+_UNIQUE_ERRORS: dict[str, type[ChatStoreError]] = {
+    "messages_pkey": IdempotencyConflict,
+}
+_TRANSIENT_SQLSTATES: dict[str, type[ChatStoreError]] = {
+    "57014": QueryTimeout,  # query_canceled
+    "57P01": DatabaseUnavailable,  # admin_shutdown (restart, pg_terminate_backend)
+    "57P02": DatabaseUnavailable,  # crash_shutdown
+    "57P03": DatabaseUnavailable,  # cannot_connect_now (starting up)
+    "53300": DatabaseUnavailable,  # too_many_connections
+    "40001": SerializationFailure,
+    "40P01": SerializationFailure,
+    "25P03": QueryTimeout,  # idle_in_transaction_session_timeout
+}
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The asyncpg exception behind a SQLAlchemy wrapper (or ``exc`` itself)."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        exc = orig
+    # SQLAlchemy's asyncpg adapter wraps the asyncpg error once more.
+    cause = exc.__cause__
+    if cause is not None and getattr(cause, "sqlstate", None) is not None:
+        return cause
+    return exc
+
+
+def error_for(exc: BaseException) -> ChatStoreError | None:
+    """The public error for a driver or SQLAlchemy exception, or None if it is not one."""
+    # Imported here: keeps `import schema` free of the driver and SQLAlchemy's exc
+    # module for code paths that never touch a database.
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.TimeoutError):
+        return PoolTimeout("no database connection became free within the pool timeout")
+    driver = _driver_error(exc)
+    sqlstate = getattr(driver, "sqlstate", None)
+    constraint = getattr(driver, "constraint_name", None)
+    error: ChatStoreError
+    if isinstance(sqlstate, str):
+        cls: type[ChatStoreError] | None
+        if sqlstate == "23503":
+            cls = _FK_ERRORS.get(constraint or "", IntegrityViolation)
+        elif sqlstate == "23514":
+            cls = _CHECK_ERRORS.get(constraint or "", IntegrityViolation)
+        elif sqlstate == "23505":
+            cls = _UNIQUE_ERRORS.get(constraint or "", IntegrityViolation)
+        elif sqlstate.startswith("23"):
+            cls = IntegrityViolation
+        elif sqlstate.startswith("08"):
+            cls = DatabaseUnavailable
+        elif sqlstate in ("22021", "22P05"):  # NUL / untranslatable character
+            cls = InvalidContent
+        else:
+            cls = _TRANSIENT_SQLSTATES.get(sqlstate, DatabaseError)
+        where = f" on {constraint}" if constraint else ""
+        error = cls(f"the database rejected the operation (SQLSTATE {sqlstate}{where})")
+        error.sqlstate = sqlstate
+        return error
+    if isinstance(
+        driver,
+        asyncpg.InterfaceError
+        | asyncpg.InternalClientError
+        | asyncpg.ConnectionDoesNotExistError
+        | ConnectionError
+        | OSError,
+    ) or isinstance(exc, sa_exc.DisconnectionError):
+        return DatabaseUnavailable(f"the database connection failed ({type(driver).__name__})")
+    if isinstance(exc, sa_exc.DBAPIError):
+        return DatabaseError(f"the database driver failed ({type(driver).__name__})")
+    return None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver and SQLAlchemy errors as the most specific ChatStoreError.
+
+    Raises:
+        ChatStoreError: the translated error, chained ``from`` the original.
+    """
+    try:
+        yield
+    except ChatStoreError:
+        raise
+    except Exception as exc:
+        error = error_for(exc)
+        if error is None:
+            raise
+        raise error from exc

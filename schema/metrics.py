@@ -1,0 +1,159 @@
+"""Prometheus metrics for chat operations and the connection pool.
+
+Nothing is registered at import: build a :class:`StoreMetrics` on the registry
+you expose (default: the global one) and pass it to ``ChatStore``. Labels come
+from small fixed sets (operation names, outcomes, error class names), never
+from user ids, conversation ids or text.
+
+Under prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set,
+as with gunicorn workers or Locust's ``--processes``), histograms and counters
+aggregate across processes as usual and every pool gauge is declared
+``livesum``: each process reports its own pool, the exposition sums the live
+ones. Exemplars are not kept in multiprocess mode (a prometheus-client limit).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+__all__ = ["LATENCY_BUCKETS", "POOL_WAIT_BUCKETS", "StoreMetrics", "observe_pool"]
+
+#: Bucket edges in seconds. Exactly 0.05 and 0.1 (the plan's insert and history
+#: targets), so the share of requests under target is a bucket ratio, not an
+#: interpolation; 1 ms steps below 10 ms, so 2 ms -> 4 ms regressions show.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01,
+    0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: Waiting for a pooled connection: zero when healthy, up to pool_timeout (30 s) when not.
+POOL_WAIT_BUCKETS: Final = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+#: Opening a connection: loopback in ms, TLS to Neon tens of ms, cold starts seconds.
+CONNECT_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class StoreMetrics:
+    """The metric families one process exposes for its ChatStores and pools."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        """Create and register every family on ``registry`` (None: unregistered)."""
+        self.operation_duration = Histogram(
+            "chat_storage_operation_duration_seconds",
+            "Duration of ChatStore operations, from call to result, pool wait included.",
+            ["operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "chat_storage_errors_total",
+            "ChatStore operations that raised, by operation and error class.",
+            ["operation", "error_type"],
+            registry=registry,
+        )
+        self.validation_rejects = Counter(
+            "chat_storage_validation_rejects_total",
+            "Calls refused before reaching the database, by operation and error class.",
+            ["operation", "error_type"],
+            registry=registry,
+        )
+        self.idempotent_replays = Counter(
+            "chat_storage_idempotent_replays_total",
+            "add_message calls that returned an already stored message (same message_id).",
+            registry=registry,
+        )
+        self.pool_size = Gauge(
+            "chat_storage_pool_size",
+            "Configured pool size (connections kept open).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_max_overflow = Gauge(
+            "chat_storage_pool_max_overflow",
+            "Configured maximum overflow (connections opened beyond the pool size).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_connections = Gauge(
+            "chat_storage_pool_connections",
+            "Pooled connections by state: checked_out, idle, overflow.",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_wait = Histogram(
+            "chat_storage_pool_wait_seconds",
+            "Time a caller waited to get a connection from the pool (connecting included).",
+            buckets=POOL_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.pool_connect = Histogram(
+            "chat_storage_pool_connect_seconds",
+            "Time to open a new database connection (TLS and authentication included).",
+            buckets=CONNECT_BUCKETS,
+            registry=registry,
+        )
+        self.pool_timeouts = Counter(
+            "chat_storage_pool_timeouts_total",
+            "Callers that gave up waiting for a connection after pool_timeout.",
+            registry=registry,
+        )
+
+
+def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
+    """Keep the pool gauges and the connect-time histogram of ``metrics`` current.
+
+    Gauges are set from the pool's own counters on every checkout, checkin,
+    connect and close, so they are exact whenever they are scraped.
+    """
+    pool = engine.sync_engine.pool
+    size = getattr(pool, "size", None)
+    overflow = getattr(pool, "_max_overflow", None)
+    if callable(size):
+        metrics.pool_size.set(size())
+    if isinstance(overflow, int):
+        metrics.pool_max_overflow.set(overflow)
+    checked_out = metrics.pool_connections.labels("checked_out")
+    idle = metrics.pool_connections.labels("idle")
+    overflowing = metrics.pool_connections.labels("overflow")
+    connect_seconds = metrics.pool_connect
+
+    def refresh(*_: Any) -> None:
+        if isinstance(pool, QueuePool):
+            checked_out.set(pool.checkedout())
+            idle.set(pool.checkedin())
+            overflowing.set(max(0, pool.overflow()))
+
+    def after_checkin(*_: Any) -> None:
+        # The checkin event fires before the pool takes the connection back, so
+        # its counters still show it checked out: report the state it is entering.
+        if isinstance(pool, QueuePool):
+            checked_out.set(max(0, pool.checkedout() - 1))
+            kept = pool.checkedin() < pool.size()  # a full queue discards overflow
+            idle.set(pool.checkedin() + (1 if kept else 0))
+            overflowing.set(max(0, pool.overflow() - (0 if kept else 1)))
+
+    def before_connect(_dialect: Any, record: Any, _cargs: Any, _cparams: Any) -> None:
+        record.info["chat_storage.connect_started"] = time.perf_counter()
+
+    def after_connect(_dbapi_connection: Any, record: Any) -> None:
+        started = record.info.pop("chat_storage.connect_started", None)
+        if started is not None:
+            connect_seconds.observe(time.perf_counter() - started)
+        refresh()
+
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "do_connect", before_connect)
+    event.listen(sync_engine, "connect", after_connect)
+    event.listen(sync_engine, "checkin", after_checkin)
+    for name in ("checkout", "close", "invalidate", "soft_invalidate"):
+        event.listen(sync_engine, name, refresh)
+    refresh()

@@ -1,0 +1,287 @@
+"""Message operations: append (one statement) and history (keyset pages).
+
+``add_message`` is one statement of four parts, so it is one round trip and
+atomic without an explicit transaction:
+
+* ``taken``: the message already stored under this ``message_id``, if any: a
+  replay when it is the caller's, a conflict otherwise, and no write either way;
+* ``bumped``: ``UPDATE conversations SET last_seq = last_seq + 1, updated_at =
+  now()`` for the owner's *active* conversation, unless the id is taken; the row
+  lock it takes serialises appends to one conversation, so ``seq`` is gap-free
+  in write order;
+* ``inserted``: the message, numbered with the new ``last_seq``;
+* a final UNION that returns the inserted row, the replayed row, or (when
+  neither) the conversation's status, which tells "archived" from "not found".
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    null,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+from ..cursor import Page, decode_history_cursor, encode_history_cursor
+from ..errors import ConversationArchived, ConversationNotFound, IdempotencyConflict
+from ..models import Conversation, Message, MessageRole
+from ..validation import (
+    MAX_HISTORY_PAGE,
+    check_content,
+    check_limit,
+    check_role,
+    check_user_id,
+    check_uuid,
+    encode_metadata,
+)
+from .base import Plan, Row, Statement, execute
+from .conversations import Conn
+from .rows import MESSAGE_COLUMNS, message_from_row
+
+__all__ = ["add_message", "get_history", "plan_add_message", "plan_get_history"]
+
+_c = Conversation.__table__.c
+_m = Message.__table__.c
+_user_id = bindparam("p_user_id", type_=String)
+_conversation_id = bindparam("p_conversation_id", type_=Uuid)
+_message_id = bindparam("p_message_id", type_=Uuid)
+_NO_CURSOR: Final = 2**63 - 1  # before any seq: the newest page
+
+
+class RetryAppend(Exception):
+    """Internal: a concurrent retry inserted the same message_id first; run again."""
+
+
+@functools.cache
+def _add() -> Statement:
+    # Any user's message under this id: a replay only if it is the caller's, a
+    # conflict otherwise; either way nothing is bumped or inserted.
+    taken = select(*MESSAGE_COLUMNS).where(_m.id == _message_id).cte("taken")
+    id_is_free = ~select(taken.c.id).exists()
+    bumped = (
+        update(Conversation)
+        .where(
+            _c.id == _conversation_id,
+            _c.user_id == _user_id,
+            _c.status == literal_column("'active'"),
+            id_is_free,
+        )
+        .values(last_seq=_c.last_seq + literal_column("1"), updated_at=func.now())
+        .returning(_c.id, _c.last_seq)
+        .cte("bumped")
+    )
+    row = select(
+        _message_id,
+        bumped.c.id,
+        _user_id,
+        bindparam("p_role", type_=String),
+        bindparam("p_content", type_=Text),
+        # JSON text in, so both executors bind the same value (no double encoding).
+        cast(bindparam("p_metadata", type_=Text), JSONB),
+        bumped.c.last_seq,
+    )
+    inserted = (
+        insert(Message)
+        .from_select(
+            ["id", "conversation_id", "user_id", "role", "content", "metadata", "seq"], row
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(*MESSAGE_COLUMNS)
+        .cte("inserted")
+    )
+    nothing = [null() for _ in MESSAGE_COLUMNS]
+    why = case((~id_is_free, literal_column("'taken'")), else_=_c.status)
+    stmt = union_all(
+        select(literal_column("'inserted'"), null(), *inserted.c),
+        select(literal_column("'replayed'"), null(), *taken.c).where(taken.c.user_id == _user_id),
+        select(literal_column("'refused'"), why, *nothing).where(
+            _c.id == _conversation_id,
+            _c.user_id == _user_id,
+            ~select(inserted.c.id).exists(),
+            # A replay of the caller's own message has been answered above.
+            ~select(taken.c.id).where(taken.c.user_id == _user_id).exists(),
+        ),
+    )
+    return Statement("add_message", "messages", stmt)
+
+
+@functools.cache
+def _history() -> Statement:
+    # The owner check and the page in one statement: zero rows means no such
+    # conversation for this user; one all-NULL message means an empty one.
+    page = (
+        select(*MESSAGE_COLUMNS)
+        # The parameter, not conversations.id: the planner then estimates this
+        # conversation's own row count (a long one is walked in seq order and
+        # stopped after limit rows) instead of the table's average.
+        .where(
+            _m.conversation_id == _conversation_id,
+            _m.seq < bindparam("p_before", type_=BigInteger),
+        )
+        .order_by(_m.seq.desc())
+        .limit(bindparam("p_limit", type_=Integer))
+        .lateral("page")
+    )
+    stmt = (
+        select(_c.id, *page.c)
+        .select_from(Conversation.__table__.outerjoin(page, true()))
+        .where(_c.id == _conversation_id, _c.user_id == _user_id)
+    )
+    return Statement("get_history", "messages", stmt)
+
+
+def plan_add_message(
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID | str,
+    role: MessageRole | str,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    message_id: uuid.UUID | str | None = None,
+) -> Plan[tuple[Message, bool]]:
+    """Plan: append a message and bump its conversation; the bool says "replayed"."""
+    checked_role = check_role(role)
+    conversation = check_uuid(conversation_id, "conversation_id")
+    params = {
+        "p_user_id": check_user_id(user_id),
+        "p_conversation_id": conversation,
+        "p_role": checked_role.value,
+        "p_content": check_content(checked_role, content),
+        "p_metadata": encode_metadata(metadata),
+        # Chosen here rather than by DEFAULT gen_random_uuid(), so every call is
+        # the same statement and a caller-supplied id needs no other path.
+        "p_message_id": uuid.uuid4()
+        if message_id is None
+        else check_uuid(message_id, "message_id"),
+    }
+
+    def finish(rows: list[Row]) -> tuple[Message, bool]:
+        if not rows:
+            raise ConversationNotFound("conversation not found")
+        row = rows[0]
+        outcome = row[0]
+        if outcome == "refused":
+            if row[1] == "taken":
+                raise IdempotencyConflict("message_id is already used by another user")
+            if row[1] == "archived":
+                raise ConversationArchived("conversation is archived; restore it to append")
+            # Active and the id was free when the statement began, yet nothing was
+            # inserted: a concurrent call with the same message_id inserted first.
+            raise RetryAppend
+        message = message_from_row(row, 2)
+        if outcome == "replayed" and message.conversation_id != conversation:
+            raise IdempotencyConflict("message_id was already used in another conversation")
+        return message, outcome == "replayed"
+
+    return Plan(_add(), params, finish)
+
+
+def plan_get_history(
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID | str,
+    limit: int = 20,
+    before: str | None = None,
+) -> Plan[Page[Message]]:
+    """Plan: the latest ``limit`` messages older than the cursor, oldest first."""
+    limit = check_limit(limit, MAX_HISTORY_PAGE)
+    params = {
+        "p_user_id": check_user_id(user_id),
+        "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
+        "p_before": _NO_CURSOR if before is None else decode_history_cursor(before),
+        "p_limit": limit + 1,
+    }
+
+    def finish(rows: list[Row]) -> Page[Message]:
+        if not rows:
+            raise ConversationNotFound("conversation not found")
+        if rows[0][1] is None:
+            return Page([], None)
+        more = len(rows) > limit
+        items = (
+            [message_from_row(row, 1) for row in rows[limit - 1 :: -1]]
+            if more
+            else [message_from_row(row, 1) for row in reversed(rows)]
+        )
+        next_cursor = encode_history_cursor(items[0].seq) if more else None
+        return Page(items, next_cursor)
+
+    return Plan(_history(), params, finish)
+
+
+async def add_message(
+    conn: Conn,
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID | str,
+    role: MessageRole | str,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    message_id: uuid.UUID | str | None = None,
+) -> Message:
+    """Append a message to one of ``user_id``'s active conversations.
+
+    Retrying with the same ``message_id`` returns the stored message and writes
+    nothing. Inside a caller's transaction, the conversation row stays locked
+    until that transaction ends (appends to it queue behind it).
+
+    Raises:
+        InvalidInput: a rejected argument (see validation.py); nothing was sent.
+        ConversationNotFound: missing, or another user's.
+        ConversationArchived: the conversation is archived.
+        IdempotencyConflict: ``message_id`` is taken by another conversation or user.
+    """
+    plan = plan_add_message(
+        user_id=user_id,
+        conversation_id=conversation_id,
+        role=role,
+        content=content,
+        metadata=metadata,
+        message_id=message_id,
+    )
+    try:
+        return (await execute(conn, plan))[0]
+    except RetryAppend:
+        # Once: now the other call's row is visible (READ COMMITTED) and replays.
+        try:
+            return (await execute(conn, plan))[0]
+        except RetryAppend:
+            raise IdempotencyConflict("message_id is already used by another user") from None
+
+
+async def get_history(
+    conn: Conn,
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID | str,
+    limit: int = 20,
+    before: str | None = None,
+) -> Page[Message]:
+    """The latest ``limit`` messages before the cursor, returned oldest first.
+
+    Raises:
+        InvalidLimit: ``limit`` outside 1..MAX_HISTORY_PAGE.
+        InvalidCursor: a cursor history did not produce.
+        ConversationNotFound: missing, or another user's.
+    """
+    plan = plan_get_history(
+        user_id=user_id, conversation_id=conversation_id, limit=limit, before=before
+    )
+    return await execute(conn, plan)
