@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from .pool import FairAsyncQueuePool
 from .settings import Settings
 
 __all__ = [
@@ -158,6 +159,9 @@ def create_engine(settings: Settings | None = None, /, **overrides: Any) -> Asyn
     pooler = settings.pooler_mode if settings.pooler_mode is not None else is_pooler_url(url)
     engine = create_async_engine(
         url,
+        # First come, first served checkout (see pool.py): SQLAlchemy's own
+        # asyncio pool lets fast callers barge past waiting ones.
+        poolclass=FairAsyncQueuePool,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,

@@ -102,6 +102,38 @@ async def test_pool_exhaustion_waits_then_times_out(
     assert (await store.get_history(user_id, conversation.id)).items
 
 
+async def test_saturated_pool_serves_callers_in_arrival_order(
+    engine_factory: object, user_id: str
+) -> None:
+    """A caller waiting for the pool is served before a busy caller that asks again.
+
+    SQLAlchemy's own asyncio pool lets the task that just returned a connection
+    take it back before the woken waiter runs; under load that starved callers
+    until pool_timeout (see schema/pool.py).
+    """
+    engine = engine_factory(pool_size=1, max_overflow=0)  # type: ignore[operator]
+    store = ChatStore(engine)
+    conversation = await store.create_conversation(user_id)
+    busy_calls = 0
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        nonlocal busy_calls
+        while not stop.is_set():
+            await store.get_conversation(user_id, conversation.id)
+            busy_calls += 1
+
+    looping = asyncio.create_task(busy())
+    await asyncio.sleep(0.05)  # the busy caller now owns the only connection's rhythm
+    before = busy_calls
+    await asyncio.wait_for(store.get_conversation(user_id, conversation.id), timeout=5)
+    served_ahead = busy_calls - before
+    stop.set()
+    await looping
+    # FIFO: at most the call in flight when we arrived, and one that was queued first.
+    assert served_ahead <= 2, served_ahead
+
+
 async def test_cancelled_operations_leave_nothing_checked_out(
     engine_factory: object, database_url: str, admin: asyncpg.Connection, user_id: str
 ) -> None:

@@ -1,0 +1,73 @@
+"""FairQueue: checkouts are served in arrival order, and no item is ever lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.queue import Empty, Full
+
+from schema.pool import FairQueue
+
+
+async def get(queue: FairQueue[str], max_wait: float | None = None) -> str:
+    # QueuePool calls get() from inside SQLAlchemy's greenlet bridge.
+    return await greenlet_spawn(queue.get, True, max_wait)
+
+
+async def test_returned_item_goes_to_the_oldest_waiter_not_to_a_barging_caller() -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    served: list[str] = []
+
+    async def waiter(name: str) -> None:
+        served.append(name + ":" + await get(queue))
+
+    first = asyncio.create_task(waiter("first"))
+    second = asyncio.create_task(waiter("second"))
+    await asyncio.sleep(0)  # both are now waiting, in this order
+    assert queue.waiting() == 2
+
+    queue.put_nowait("conn")
+    # A caller arriving now, before the woken waiter runs, must not take it.
+    with pytest.raises(Empty):
+        queue.get_nowait()
+    barger = asyncio.create_task(waiter("barger"))
+    await first
+    queue.put_nowait("conn")
+    await second
+    queue.put_nowait("conn")
+    await barger
+    assert served == ["first:conn", "second:conn", "barger:conn"]
+
+
+async def test_timeout_raises_empty_and_leaves_no_waiter_behind() -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    with pytest.raises(Empty):
+        await get(queue, max_wait=0.01)
+    assert queue.waiting() == 0
+    queue.put_nowait("conn")  # not handed to the expired waiter
+    assert queue.get_nowait() == "conn"
+
+
+async def test_item_handed_to_a_cancelled_caller_is_passed_on() -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    doomed = asyncio.create_task(get(queue))
+    await asyncio.sleep(0)
+    queue.put_nowait("conn")  # handed over, but the caller is cancelled before it runs
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert queue.get_nowait() == "conn"
+
+
+async def test_lifo_and_capacity_follow_the_queue_protocol() -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=2, use_lifo=True)
+    queue.put_nowait("a")
+    queue.put_nowait("b")
+    assert queue.full() and queue.qsize() == 2
+    with pytest.raises(Full):
+        queue.put_nowait("c")
+    assert queue.get(block=False) == "b"
+    assert queue.get_nowait() == "a"
+    assert queue.empty()
