@@ -1,0 +1,416 @@
+"""Locust users that behave like chat clients, through ChatStore or raw asyncpg.
+
+Run through ``python -m loadtests run`` (which migrates, seeds, picks the
+options and writes the report), or by hand against an already seeded database::
+
+    LOADTEST_DATABASE_URL=postgresql://u@127.0.0.1:5432/db \\
+      locust -f loadtests/locustfile.py --headless -u 100 -r 50 -t 70s \\
+      --chat-run-id <runid> --chat-seed-users 200 StoreChatUser
+
+Each simulated user owns one seeded user id (``loadtest-<runid>-<n>``, distinct
+per Locust user while there are at least as many seeded users as Locust users,
+across ``--processes`` workers too) and repeats, picked by weight:
+
+* ``turn``: read the latest 20 messages, append the user's message, (optionally
+  wait ``--chat-reply-delay``), append the assistant's reply;
+* ``switch``: list its 50 latest active conversations and open one at random;
+* ``new``: create a conversation and continue in it;
+* ``archive``: archive the current conversation, then create a new one.
+
+Operation names (Locust's "Name" column): history_read, message_insert,
+conversation_create, conversation_list, conversation_archive. Request type
+``chat`` is the ChatStore path, ``raw`` the asyncpg reference path running the
+same SQL (the same compiled plans, prepared, one statement per operation).
+
+Concurrency: one asyncio loop per process in a real thread (bridge.py); the
+engine / asyncpg pool is made lazily inside that loop, so after Locust forks
+its ``--processes`` workers. Each request is timed inside the coroutine.
+
+Metrics: the process that owns the loop serves the package's Prometheus metrics
+on ``--chat-metrics-port`` (0: off). With ``--processes`` (or master/worker
+mode) set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory: workers write
+their samples there and the master serves the sum (prometheus-client
+multiprocess mode); ``python -m loadtests run`` does this for you.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import User, events
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtests.bridge import AsyncioBridge
+from loadtests.workload import (
+    OPERATIONS,
+    REQUEST_TYPES,
+    RawBackend,
+    StoreBackend,
+    assistant_text,
+    seeded_user_id,
+    user_text,
+)
+
+_bridge = AsyncioBridge()
+_backends: dict[str, Any] = {}
+_user_counter = 0
+_samples: list[tuple[float, str, str, float, int]] = []
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("chat load test (loadtests/locustfile.py)")
+    env = os.environ.get
+    group.add_argument("--chat-run-id", default=env("LOADTEST_RUN_ID", ""), help="seed run id")
+    group.add_argument("--chat-seed-users", type=int, default=200, help="seeded users")
+    group.add_argument(
+        "--chat-mode",
+        choices=("paced", "stress", "think"),
+        default="paced",
+        help="paced: --chat-rate tasks/s per user on a fixed schedule; "
+        "stress: no wait; think: random wait",
+    )
+    group.add_argument("--chat-rate", type=float, default=1.0, help="paced: tasks/s per user")
+    group.add_argument("--chat-think-min", type=float, default=1.0, help="think: min wait (s)")
+    group.add_argument("--chat-think-max", type=float, default=5.0, help="think: max wait (s)")
+    group.add_argument("--chat-reply-delay", type=float, default=0.0, help="s before the reply")
+    group.add_argument("--chat-weights", default="20,3,2,1", help="turn,switch,new,archive")
+    group.add_argument("--chat-pool-size", type=int, default=10, help="pool size per process")
+    group.add_argument("--chat-max-overflow", type=int, default=20, help="overflow per process")
+    group.add_argument("--chat-worker-count", type=int, default=1, help="worker processes")
+    group.add_argument("--chat-warmup", type=float, default=0.0, help="reset stats after (s)")
+    group.add_argument("--chat-samples-dir", default="", help="write every sample here")
+    group.add_argument("--chat-metrics-port", type=int, default=0, help="Prometheus port; 0 off")
+
+
+def _options(user: User) -> Any:
+    return user.environment.parsed_options
+
+
+def _database_url() -> str:
+    url = os.environ.get("LOADTEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise RuntimeError("set LOADTEST_DATABASE_URL (or DATABASE_URL) for the locustfile")
+    return url
+
+
+def _backend(kind: str, options: Any) -> Any:
+    """This process's backend of ``kind`` (made on first use, after any fork)."""
+    backend = _backends.get(kind)
+    if backend is None:
+        url = _database_url()
+        if kind == "chat":
+            backend = StoreBackend(
+                url,
+                pool_size=options.chat_pool_size,
+                max_overflow=options.chat_max_overflow,
+                registry=_metrics_registry(),
+            )
+        else:
+            backend = RawBackend(
+                url, min_size=options.chat_pool_size,
+                max_size=options.chat_pool_size + options.chat_max_overflow,
+            )  # fmt: skip
+        _backends[kind] = backend
+    return backend
+
+
+# -- the simulated chat client ---------------------------------------------------------
+
+
+class _Pacer:
+    """Locust's ``constant_throughput`` with a random phase anchored to the clock.
+
+    Each user starts one task every ``1 / rate`` seconds on its own fixed
+    schedule; a task that overruns its slot starts the next one at once (no
+    catch-up burst). ``constant_throughput`` anchors the schedule to the end of
+    the user's first task instead, so any hiccup that completes many users'
+    first tasks together (process start-up, a slow first connection) puts them
+    in lockstep for the whole run: measured, every user's turn inside one
+    200 ms window per second, and p50 ~100 ms that was the burst, not the load.
+    """
+
+    def __init__(self, rate: float, rng: random.Random) -> None:
+        self._period = 1.0 / rate
+        self._rng = rng
+        self._next: float | None = None
+
+    def wait(self) -> float:
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now + self._rng.uniform(0.0, self._period)
+        else:
+            self._next = max(self._next + self._period, now)
+        return self._next - now
+
+
+class _ChatUser(User):
+    abstract = True
+    request_type = "chat"
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        global _user_counter
+        options = environment.parsed_options
+        runner = environment.runner
+        worker = runner.worker_index if isinstance(runner, WorkerRunner) else 0
+        workers = max(1, options.chat_worker_count)
+        index = _user_counter * workers + worker
+        _user_counter += 1
+        self.user_id = seeded_user_id(options.chat_run_id, index % options.chat_seed_users)
+        self.conversation: uuid.UUID | None = None
+        self.rng = random.Random(index)
+        self._pacer = _Pacer(options.chat_rate, self.rng) if options.chat_rate > 0 else None
+        weights = [int(w) for w in options.chat_weights.split(",")]
+        if len(weights) != 4 or min(weights) < 0 or sum(weights) == 0:
+            raise ValueError("--chat-weights: four non-negative integers, turn,switch,new,archive")
+        chosen = (_ChatUser.turn, _ChatUser.switch, _ChatUser.new, _ChatUser.archive)
+        self.tasks = [t for t, w in zip(chosen, weights, strict=True) for _ in range(w)]
+        self.backend = _backend(self.request_type, options)
+
+    def wait_time(self) -> float:
+        options = _options(self)
+        if options.chat_mode == "stress":
+            return 0.0
+        if options.chat_mode == "think":
+            return self.rng.uniform(options.chat_think_min, options.chat_think_max)
+        return self._pacer.wait() if self._pacer is not None else 0.0
+
+    def _op(self, name: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+        value, ms, exc = _bridge.timed(factory)
+        events.request.fire(
+            request_type=self.request_type,
+            name=name,
+            response_time=ms,
+            response_length=0,
+            exception=exc,
+            context={},
+        )
+        return value, exc
+
+    def on_start(self) -> None:
+        # Spread the users' first operations over one period; the pacer then
+        # gives each its own random phase (see _Pacer).
+        options = _options(self)
+        if options.chat_mode == "paced" and options.chat_rate > 0:
+            gevent.sleep(self.rng.uniform(0, 1.0 / options.chat_rate))
+        elif options.chat_mode == "think":
+            gevent.sleep(self.rng.uniform(0, options.chat_think_max))
+        self.open_latest()
+
+    def open_latest(self) -> None:
+        """Open the most recently updated conversation, or create one."""
+        page, exc = self._op("conversation_list", lambda: self.backend.list(self.user_id, 50))
+        if exc is None and page:
+            self.conversation = page[0]
+        else:
+            self.create()
+
+    def create(self) -> None:
+        conv, exc = self._op("conversation_create", lambda: self.backend.create(self.user_id))
+        self.conversation = conv if exc is None else None
+
+    def turn(self) -> None:
+        """Read the history, append the user's message and the assistant's reply."""
+        if self.conversation is None:
+            self.create()
+            if self.conversation is None:
+                return
+        conv, user = self.conversation, self.user_id
+        _, exc = self._op("history_read", lambda: self.backend.history(user, conv, 20))
+        if exc is not None:
+            return
+        text = user_text(self.rng)
+        _, exc = self._op("message_insert", lambda: self.backend.append(user, conv, "user", text))
+        if exc is not None:
+            return
+        delay = _options(self).chat_reply_delay
+        if delay > 0:
+            gevent.sleep(delay)
+        reply = assistant_text(self.rng)
+        self._op("message_insert", lambda: self.backend.append(user, conv, "assistant", reply))
+
+    def switch(self) -> None:
+        """List the latest 50 active conversations and continue one of them."""
+        page, exc = self._op("conversation_list", lambda: self.backend.list(self.user_id, 50))
+        if exc is None and page:
+            self.conversation = self.rng.choice(page)
+
+    def new(self) -> None:
+        """Start a new conversation."""
+        self.create()
+
+    def archive(self) -> None:
+        """Archive the current conversation and start a new one."""
+        conv = self.conversation
+        if conv is not None:
+            _, exc = self._op(
+                "conversation_archive", lambda: self.backend.archive(self.user_id, conv)
+            )
+            if exc is not None:
+                return
+        self.create()
+
+    # The default task list (20,3,2,1); __init__ replaces it from --chat-weights.
+    tasks = [turn] * 20 + [switch] * 3 + [new] * 2 + [archive]
+
+
+class StoreChatUser(_ChatUser):
+    """A chat client going through schema.ChatStore (request type ``chat``)."""
+
+    request_type = "chat"
+
+
+class RawChatUser(_ChatUser):
+    """The same client on raw asyncpg with the same SQL (request type ``raw``)."""
+
+    request_type = "raw"
+
+
+assert set(REQUEST_TYPES) == {StoreChatUser.request_type, RawChatUser.request_type}
+assert len(OPERATIONS) == 5
+
+
+# -- metrics, warm-up, samples ---------------------------------------------------------
+
+_registry: Any = None
+
+
+def _metrics_registry() -> Any:
+    """The registry StoreMetrics registers on in this process."""
+    global _registry
+    if _registry is None:
+        from prometheus_client import REGISTRY, CollectorRegistry
+
+        # Multiprocess mode: the default registry writes to PROMETHEUS_MULTIPROC_DIR.
+        _registry = REGISTRY if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry()
+    return _registry
+
+
+def _serve_metrics(environment: Any) -> None:
+    port = environment.parsed_options.chat_metrics_port
+    if not port or isinstance(environment.runner, WorkerRunner):
+        return
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = _metrics_registry()
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        print(f"metrics: cannot listen on 127.0.0.1:{port}: {exc}", flush=True)
+
+
+def _write_phase(environment: Any, key: str) -> None:
+    directory = environment.parsed_options.chat_samples_dir
+    if not directory:
+        return
+    path = Path(directory) / "phases.json"
+    phases = json.loads(path.read_text()) if path.exists() else {}
+    phases[key] = time.time()
+    path.write_text(json.dumps(phases))
+
+
+def _flush_samples(environment: Any) -> None:
+    directory = environment.parsed_options.chat_samples_dir
+    if not directory or not _samples:
+        return
+    rows = _samples[:]
+    del _samples[: len(rows)]
+    with open(Path(directory) / f"samples-{os.getpid()}.csv", "a") as out:
+        out.writelines(
+            f"{t:.6f},{kind},{name},{ms:.4f},{failed}\n" for t, kind, name, ms, failed in rows
+        )
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    options = environment.parsed_options
+    if options is None:
+        return
+    _serve_metrics(environment)
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(
+            "chat_reset_stats", lambda *_a, **_k: environment.runner.stats.reset_all()
+        )
+    if options.chat_samples_dir and not isinstance(runner, MasterRunner):
+
+        @environment.events.request.add_listener
+        def _record(
+            request_type: str, name: str, response_time: float, exception: Any, **_: Any
+        ) -> None:
+            _samples.append(
+                (time.time(), request_type, name, response_time, int(exception is not None))
+            )
+
+        def flusher() -> None:
+            while True:
+                gevent.sleep(1.0)
+                _flush_samples(environment)
+
+        gevent.spawn(flusher)
+
+
+def _warm_backends(environment: Any) -> None:
+    """Open this process's pools before its users start, so that building the
+    engine and connecting are not inside the first measured operations."""
+    options = environment.parsed_options
+    kinds = {getattr(cls, "request_type", None) for cls in environment.user_classes}
+    for kind in sorted(k for k in kinds if k in REQUEST_TYPES):
+        _bridge.call(_backend(kind, options).warm)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner) and environment.parsed_options is not None:
+        _warm_backends(environment)
+    if isinstance(runner, WorkerRunner):
+        return
+    _write_phase(environment, "started_at")
+    warmup = environment.parsed_options.chat_warmup
+
+    def reset() -> None:
+        runner.stats.reset_all()
+        if isinstance(runner, MasterRunner):
+            runner.send_message("chat_reset_stats")
+        _write_phase(environment, "reset_at")
+
+    if warmup > 0:
+        gevent.spawn_later(warmup, reset)
+    else:
+        _write_phase(environment, "reset_at")
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Any, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        _write_phase(environment, "stopped_at")
+    if not isinstance(environment.runner, MasterRunner):
+        _flush_samples(environment)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Any, **_: Any) -> None:
+    if environment.parsed_options is not None:
+        _flush_samples(environment)
+    for backend in list(_backends.values()):
+        try:
+            _bridge.call(backend.close)
+        except Exception as exc:
+            print(f"closing the {backend.kind} backend: {exc!r}", flush=True)
+    _backends.clear()

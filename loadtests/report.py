@@ -1,0 +1,248 @@
+"""Percentiles, the verdict, the printed table, summary.json and the latency chart.
+
+Every number comes from the raw samples the locustfile writes (one line per
+request: wall-clock time, request type, name, milliseconds, failed), cut to the
+measured window (after the warm-up reset, before the stop). Percentiles are
+nearest-rank over all samples, not Locust's rounded buckets.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests.workload import OPERATIONS
+
+#: Operations whose absence from a run makes it fail (the run measured nothing).
+REQUIRED: tuple[str, ...] = ("history_read", "message_insert")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request: when it ended (epoch s), path, operation, duration, failure."""
+
+    t: float
+    kind: str
+    name: str
+    ms: float
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OperationStats:
+    """One row of the report."""
+
+    name: str
+    driver: str
+    count: int
+    failures: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    target_p95_ms: float | None
+
+    @property
+    def passed(self) -> bool:
+        """No failure, and p95 within target (when there is one and a sample)."""
+        if self.failures:
+            return False
+        if self.count == 0:
+            return self.name not in REQUIRED
+        if self.target_p95_ms is None or self.p95_ms is None:
+            return True
+        return self.p95_ms <= self.target_p95_ms
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary.json form."""
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "count": self.count,
+            "failures": self.failures,
+            "p50_ms": _round(self.p50_ms),
+            "p95_ms": _round(self.p95_ms),
+            "p99_ms": _round(self.p99_ms),
+            "target_p95_ms": self.target_p95_ms,
+            "pass": self.passed,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile ``q`` (0..100) of already sorted values; None if empty."""
+    if not sorted_values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError("q must be within 0..100")
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize(
+    samples: Iterable[Sample],
+    targets: Mapping[str, float | None],
+    drivers: Sequence[str] = ("chat",),
+) -> list[OperationStats]:
+    """One row per driver and operation (in OPERATIONS order), zero-count rows included."""
+    durations: dict[tuple[str, str], list[float]] = {}
+    failures: dict[tuple[str, str], int] = {}
+    for s in samples:
+        key = (s.kind, s.name)
+        durations.setdefault(key, []).append(s.ms)
+        if s.failed:
+            failures[key] = failures.get(key, 0) + 1
+    rows = []
+    for driver in drivers:
+        for name in OPERATIONS:
+            values = sorted(durations.get((driver, name), []))
+            rows.append(
+                OperationStats(
+                    name=name,
+                    driver=driver,
+                    count=len(values),
+                    failures=failures.get((driver, name), 0),
+                    p50_ms=percentile(values, 50),
+                    p95_ms=percentile(values, 95),
+                    p99_ms=percentile(values, 99),
+                    target_p95_ms=targets.get(name),
+                )
+            )
+    return rows
+
+
+def verdict(rows: Iterable[OperationStats]) -> str:
+    """``pass`` when every row passes, else ``fail``."""
+    return "pass" if all(row.passed for row in rows) else "fail"
+
+
+def format_table(rows: Sequence[OperationStats]) -> str:
+    """The table printed at the end of a run."""
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    header = ("driver", "operation", "count", "fail", "p50 ms", "p95 ms", "p99 ms", "target", "")
+    lines = [header]
+    for r in rows:
+        target = "-" if r.target_p95_ms is None else f"<{r.target_p95_ms:g}"
+        lines.append(
+            (
+                r.driver,
+                r.name,
+                str(r.count),
+                str(r.failures),
+                ms(r.p50_ms),
+                ms(r.p95_ms),
+                ms(r.p99_ms),
+                target,
+                "PASS" if r.passed else "FAIL",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("-" * len(out[0]))
+    return "\n".join(out)
+
+
+# -- samples ---------------------------------------------------------------------------
+
+
+def read_samples(directory: Path, start: float, end: float | None) -> list[Sample]:
+    """Every sample in ``directory``'s samples-*.csv that ended within [start, end]."""
+    samples = []
+    for path in sorted(directory.glob("samples-*.csv")):
+        with path.open(newline="") as f:
+            for t, kind, name, ms, failed in csv.reader(f):
+                when = float(t)
+                if when < start or (end is not None and when > end):
+                    continue
+                samples.append(Sample(when, kind, name, float(ms), failed == "1"))
+    samples.sort(key=lambda s: s.t)
+    return samples
+
+
+def series(
+    samples: Sequence[Sample], start: float, interval: float = 2.0
+) -> dict[tuple[str, str], list[tuple[float, float, float, float]]]:
+    """Per (driver, operation): (seconds since start, p50, p95, p99) for each interval."""
+    buckets: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for s in samples:
+        slot = int((s.t - start) // interval)
+        buckets.setdefault((s.kind, s.name), {}).setdefault(slot, []).append(s.ms)
+    out: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    for key, slots in buckets.items():
+        points = []
+        for slot in sorted(slots):
+            values = sorted(slots[slot])
+            p50, p95, p99 = (percentile(values, q) for q in (50, 95, 99))
+            assert p50 is not None and p95 is not None and p99 is not None
+            points.append(((slot + 1) * interval, p50, p95, p99))
+        out[key] = points
+    return out
+
+
+def chart(
+    samples: Sequence[Sample],
+    start: float,
+    targets: Mapping[str, float | None],
+    path: Path,
+    drivers: Sequence[str] = ("chat",),
+    interval: float = 2.0,
+    title: str = "",
+) -> Path:
+    """A PNG of p50/p95/p99 over time, one panel per operation, target lines drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = series(samples, start, interval)
+    fig, axes = plt.subplots(len(OPERATIONS), 1, figsize=(10, 2.6 * len(OPERATIONS)), sharex=True)
+    styles = {"chat": "-", "raw": ":"}
+    colors = {"p50": "tab:green", "p95": "tab:orange", "p99": "tab:red"}
+    for ax, name in zip(axes, OPERATIONS, strict=True):
+        for driver in drivers:
+            points = data.get((driver, name), [])
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            for i, label in enumerate(("p50", "p95", "p99"), start=1):
+                ax.plot(
+                    xs,
+                    [p[i] for p in points],
+                    styles.get(driver, "-"),
+                    color=colors[label],
+                    label=f"{label} ({driver})" if len(drivers) > 1 else label,
+                    linewidth=1.2,
+                )
+        target = targets.get(name)
+        if target is not None:
+            ax.axhline(
+                target, color="black", linestyle="--", linewidth=1, label=f"target {target:g} ms"
+            )
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("ms")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel(f"seconds after warm-up ({interval:g} s intervals)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

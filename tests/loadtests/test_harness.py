@@ -1,0 +1,233 @@
+"""``python -m loadtests run`` end to end: a short run on a scratch database.
+
+The run is a few seconds long (20 users, 2 s warm-up, 4 s measured, a tiny
+seed) with generous targets, so a slow machine cannot fail it on latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.app_schema import create_app_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHORT_RUN = [
+    "--users", "20", "--spawn-rate", "20", "--warmup", "2", "--duration", "4",
+    "--messages", "2000", "--conversations", "100", "--seed-users", "40",
+    "--target-history-ms", "5000", "--target-insert-ms", "5000", "--target-other-ms", "5000",
+    "--metrics-port", "0",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Run:
+    """A finished command: its exit status, output and report directory."""
+
+    returncode: int
+    output: str
+    report: Path
+    database_url: str
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.report / "summary.json").read_text())  # type: ignore[no-any-return]
+
+
+def _run(database_url: str, reports: Path, *extra: str) -> Run:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["DATABASE_URL"] = database_url
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests",
+            "run",
+            *SHORT_RUN,
+            "--reports-dir",
+            str(reports),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    reports.mkdir(exist_ok=True)
+    made = sorted(p for p in reports.iterdir() if p.is_dir())
+    return Run(
+        proc.returncode, proc.stdout + proc.stderr, made[-1] if made else reports, database_url
+    )
+
+
+@pytest.fixture(scope="module")
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A server URL to make scratch databases on (schema.devdb's, else DATABASE_URL's)."""
+    try:
+        import schema.devdb  # noqa: F401
+    except ImportError:
+        url = os.environ.get("DATABASE_URL")
+        if not url:
+            pytest.skip("no schema.devdb and no DATABASE_URL")
+        yield url
+        return
+    yield request.getfixturevalue("pg_server").url
+
+
+def _scratch(server_url: str, prefix: str) -> Any:
+    try:
+        from schema.devdb import scratch_database
+    except ImportError:
+        return _fallback_scratch(server_url, prefix)
+    return scratch_database(server_url, prefix=prefix)
+
+
+class _fallback_scratch:
+    """CREATE/DROP DATABASE on ``server_url`` (used only while schema.devdb is absent)."""
+
+    def __init__(self, server_url: str, prefix: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.server = make_url(server_url).set(drivername="postgresql")
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(self.server.render_as_string(hide_password=False))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> str:
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        return self.server.set(database=self.name).render_as_string(hide_password=False)
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def short_run(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """One short run against a scratch database holding the application's tables."""
+    with _scratch(server_url, "loadtest_t") as url:
+        asyncio.run(create_app_tables(url))
+        yield _run(url, tmp_path_factory.mktemp("reports"))
+
+
+async def _count(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def test_short_run_exits_zero(short_run: Run) -> None:
+    """A healthy run with generous targets exits 0."""
+    assert short_run.returncode == 0, short_run.output[-3000:]
+
+
+def test_summary_has_the_documented_fields(short_run: Run) -> None:
+    """summary.json has the run's fields and one entry per operation."""
+    summary = short_run.summary()
+    assert {
+        "operations",
+        "users",
+        "duration_s",
+        "mode",
+        "verdict",
+        "database",
+        "started_at",
+    } <= set(summary)
+    assert summary["users"] == 20 and summary["mode"] == "paced"
+    names = [op["name"] for op in summary["operations"]]
+    assert names == [
+        "history_read",
+        "message_insert",
+        "conversation_create",
+        "conversation_list",
+        "conversation_archive",
+    ]
+    for op in summary["operations"]:
+        assert {
+            "name",
+            "count",
+            "failures",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "target_p95_ms",
+            "pass",
+        } <= set(op)
+
+
+def test_summary_verdict_is_pass(short_run: Run) -> None:
+    """With generous targets and no failures the verdict is pass."""
+    assert short_run.summary()["verdict"] == "pass", short_run.output[-3000:]
+
+
+def test_history_reads_and_inserts_were_measured(short_run: Run) -> None:
+    """The measured window holds history reads and message inserts."""
+    ops = {op["name"]: op for op in short_run.summary()["operations"]}
+    assert ops["history_read"]["count"] > 0
+    assert ops["message_insert"]["count"] > 0
+    assert ops["history_read"]["p95_ms"] is not None
+
+
+def test_summary_hides_the_database_password(short_run: Run) -> None:
+    """The database description is redacted (no password can appear)."""
+    from sqlalchemy.engine import make_url
+
+    password = make_url(short_run.database_url).password
+    description = short_run.summary()["database"]
+    assert password is None or password not in description
+
+
+def test_chart_is_a_png(short_run: Run) -> None:
+    """The latency chart is written as a PNG."""
+    chart = short_run.report / "latency.png"
+    assert chart.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_locust_reports_are_written(short_run: Run) -> None:
+    """Locust's HTML report and CSVs sit beside the summary."""
+    for name in ("locust.html", "locust_stats.csv", "locust_stats_history.csv"):
+        assert (short_run.report / name).stat().st_size > 0, name
+
+
+def test_table_is_printed(short_run: Run) -> None:
+    """The per-operation table and the verdict line are printed."""
+    assert "history_read" in short_run.output
+    assert "verdict: PASS" in short_run.output
+
+
+def test_seeded_rows_are_deleted_afterwards(short_run: Run) -> None:
+    """On a DATABASE_URL database only the run's users were added, and they are gone."""
+    users = asyncio.run(_count(short_run.database_url, "SELECT count(*) FROM users"))
+    assert users == 2  # the application's own two users (tests/app_schema.py)
+
+
+def test_database_without_users_table_is_refused(server_url: str, tmp_path: Path) -> None:
+    """A DATABASE_URL database without a users table: exit 2, nothing created."""
+    with _scratch(server_url, "loadtest_e") as url:
+        run = _run(url, tmp_path / "reports")
+        tables = asyncio.run(
+            _count(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        )
+    assert run.returncode == 2
+    assert "no users table" in run.output
+    assert tables == 0
