@@ -41,7 +41,7 @@ _original_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 class _Loop(asyncio.SelectorEventLoop):
     """A selector loop on the real epoll that resolves names without an executor."""
 
-    async def getaddrinfo(  # type: ignore[override]
+    async def getaddrinfo(
         self,
         host: Any,
         port: Any,

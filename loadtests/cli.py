@@ -35,6 +35,7 @@ from loadtests.seed import (
     seed,
     users_table_columns,
 )
+from loadtests.workload import OPERATIONS
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 ROOT = LOCUSTFILE.parent.parent
@@ -91,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--reports-dir", default=str(ROOT / "reports"), help="(reports/)")
     o.add_argument("--metrics-port", type=int, default=9464, help="Prometheus port (9464; 0 off)")
     o.add_argument("--chart-interval", type=float, default=2.0, help="chart resolution s (2)")
+    honesty = sub.add_parser(
+        "honesty",
+        help="the harness's p95 against a pure-asyncio driver of the same calls (target < 2 ms)",
+    )
+    h = honesty.add_argument_group("load (the same paced workload on both drivers)")
+    h.add_argument("--users", type=int, default=100, help="concurrent users (100)")
+    h.add_argument("--rate", type=float, default=1.0, help="tasks per second per user (1)")
+    h.add_argument("--warmup", type=float, default=5.0, help="seconds not measured (5)")
+    h.add_argument("--duration", type=float, default=30.0, help="measured seconds per phase (30)")
+    h.add_argument("--rounds", type=int, default=2, help="Locust/asyncio alternations (2)")
+    h.add_argument("--weights", default="20,3,2,1", help="turn,switch,new,archive (20,3,2,1)")
+    h.add_argument("--pool-size", type=int, default=10, help="pool size (10)")
+    h.add_argument("--max-overflow", type=int, default=20, help="pool overflow (20)")
+    h.add_argument("--messages", type=int, default=20_000, help="seeded messages (20000)")
+    h.add_argument("--target-diff-ms", type=float, default=2.0, help="max p95 added (2)")
+    h.add_argument("--reports-dir", default=str(ROOT / "reports"), help="(reports/)")
     return parser
 
 
@@ -308,6 +325,97 @@ def run(args: argparse.Namespace) -> int:
         return 0 if verdict == "pass" else 1
 
 
+def honesty(args: argparse.Namespace) -> int:
+    """Alternate Locust and pure-asyncio phases on one seeded database; compare p95s."""
+    from loadtests.honesty import run_pure
+
+    started_at = datetime.now(UTC)
+    run_id = started_at.strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+    out = Path(args.reports_dir) / (started_at.strftime("%Y%m%dT%H%M%SZ") + "-honesty")
+    out.mkdir(parents=True)
+    plan = SeedPlan.scaled(args.messages, min_users=args.users)
+    none: dict[str, float | None] = dict.fromkeys(OPERATIONS, None)
+    with contextlib.ExitStack() as stack:
+        url, scratch, description = stack.enter_context(resolve_database())
+        print(f"database: {description}")
+        prepare(url, scratch)
+        if not scratch:
+            stack.callback(_cleanup, url, run_id)
+        counts = asyncio.run(seed(url, run_id, plan))
+        print(f"  seeded: {counts}")
+        locust_args = build_parser().parse_args(
+            ["run", "--users", str(args.users), "--spawn-rate", str(args.users),
+             "--rate", str(args.rate), "--warmup", str(args.warmup),
+             "--duration", str(args.duration), "--weights", args.weights,
+             "--pool-size", str(args.pool_size), "--max-overflow", str(args.max_overflow),
+             "--metrics-port", "0", "--mode", "paced", "--driver", "store"]
+        )  # fmt: skip
+        env = dict(os.environ, LOADTEST_DATABASE_URL=loop_safe_url(url), PYTHONPATH=_pythonpath())
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        harness: list[report.Sample] = []
+        pure: list[report.Sample] = []
+        for n in range(1, args.rounds + 1):
+            print(f"round {n}/{args.rounds}: Locust harness, {args.users} users")
+            phase_dir = out / f"locust-{n}"
+            phase_dir.mkdir()
+            samples_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="honest-")))
+            cmd = locust_command(locust_args, phase_dir, samples_dir, run_id, plan.users)
+            run_locust(cmd, env, phase_dir / "locust.log", args.warmup + args.duration)
+            phases = _phases(samples_dir)
+            if "reset_at" not in phases:
+                raise SetupError(f"Locust stopped early; see {phase_dir / 'locust.log'}")
+            harness += report.read_samples(
+                samples_dir, phases["reset_at"], phases.get("stopped_at")
+            )
+            print(f"round {n}/{args.rounds}: pure asyncio, {args.users} users")
+            pure += asyncio.run(
+                run_pure(
+                    loop_safe_url(url), run_id, plan.users, users=args.users, rate=args.rate,
+                    weights=args.weights, warmup=args.warmup, duration=args.duration,
+                    pool_size=args.pool_size, max_overflow=args.max_overflow,
+                )
+            )  # fmt: skip
+    by_harness = {r.name: r for r in report.summarize(harness, none, ["chat"])}
+    by_pure = {r.name: r for r in report.summarize(pure, none, ["chat"])}
+    judged = ("history_read", "message_insert")
+    lines = [
+        f"{'operation':<22}{'n harness':>10}{'n asyncio':>10}{'p95 harness':>13}"
+        f"{'p95 asyncio':>13}{'added ms':>10}",
+        "-" * 78,
+    ]
+    results = []
+    ok = True
+    for name in OPERATIONS:
+        a, b = by_harness.get(name), by_pure.get(name)
+        if a is None or b is None or a.p95_ms is None or b.p95_ms is None:
+            continue
+        added = a.p95_ms - b.p95_ms
+        passed = added < args.target_diff_ms if name in judged else None
+        ok = ok and passed is not False
+        mark = {True: "PASS", False: "FAIL", None: "(not judged: few samples)"}[passed]
+        lines.append(
+            f"{name:<22}{a.count:>10}{b.count:>10}{a.p95_ms:>13.2f}{b.p95_ms:>13.2f}"
+            f"{added:>+10.2f}  {mark}"
+        )
+        results.append(
+            {"operation": name, "harness": a.as_json(), "asyncio": b.as_json(),
+             "p95_added_ms": round(added, 3), "pass": passed}
+        )  # fmt: skip
+    table = "\n".join(lines)
+    print()
+    print(table)
+    verdict = "pass" if ok and results else "fail"
+    summary = {
+        "users": args.users, "rate": args.rate, "rounds": args.rounds,
+        "duration_s_per_phase": args.duration, "target_added_p95_ms": args.target_diff_ms,
+        "operations": results, "verdict": verdict, "database": description,
+        "started_at": started_at.isoformat(),
+    }  # fmt: skip
+    (out / "honesty.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nverdict: {verdict.upper()}   (report in {out})")
+    return 0 if verdict == "pass" else 1
+
+
 def _cleanup(url: str, run_id: str) -> None:
     deleted = asyncio.run(delete_seeded(url, run_id))
     print(f"cleanup: deleted {deleted} seeded users (their conversations and messages cascade)")
@@ -323,7 +431,10 @@ def _task_errors(path: Path) -> int:
 
 def _phases(directory: Path) -> dict[str, float]:
     path = directory / "phases.json"
-    return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
+    if not path.exists():
+        return {}
+    phases: dict[str, float] = json.loads(path.read_text())
+    return phases
 
 
 def _pythonpath() -> str:
@@ -334,7 +445,7 @@ def _pythonpath() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return honesty(args) if args.command == "honesty" else run(args)
     except (SetupError, SeedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,8 +39,6 @@ import json
 import os
 import random
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +47,13 @@ from locust import User, events
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.bridge import AsyncioBridge
+from loadtests.client import ChatClient, Outcome, Pacer, Pause, Script, parse_weights
 from loadtests.workload import (
     OPERATIONS,
     REQUEST_TYPES,
     RawBackend,
     StoreBackend,
-    assistant_text,
     seeded_user_id,
-    user_text,
 )
 
 _bridge = AsyncioBridge()
@@ -126,32 +123,6 @@ def _backend(kind: str, options: Any) -> Any:
 # -- the simulated chat client ---------------------------------------------------------
 
 
-class _Pacer:
-    """Locust's ``constant_throughput`` with a random phase anchored to the clock.
-
-    Each user starts one task every ``1 / rate`` seconds on its own fixed
-    schedule; a task that overruns its slot starts the next one at once (no
-    catch-up burst). ``constant_throughput`` anchors the schedule to the end of
-    the user's first task instead, so any hiccup that completes many users'
-    first tasks together (process start-up, a slow first connection) puts them
-    in lockstep for the whole run: measured, every user's turn inside one
-    200 ms window per second, and p50 ~100 ms that was the burst, not the load.
-    """
-
-    def __init__(self, rate: float, rng: random.Random) -> None:
-        self._period = 1.0 / rate
-        self._rng = rng
-        self._next: float | None = None
-
-    def wait(self) -> float:
-        now = time.monotonic()
-        if self._next is None:
-            self._next = now + self._rng.uniform(0.0, self._period)
-        else:
-            self._next = max(self._next + self._period, now)
-        return self._next - now
-
-
 class _ChatUser(User):
     abstract = True
     request_type = "chat"
@@ -165,16 +136,15 @@ class _ChatUser(User):
         workers = max(1, options.chat_worker_count)
         index = _user_counter * workers + worker
         _user_counter += 1
-        self.user_id = seeded_user_id(options.chat_run_id, index % options.chat_seed_users)
-        self.conversation: uuid.UUID | None = None
         self.rng = random.Random(index)
-        self._pacer = _Pacer(options.chat_rate, self.rng) if options.chat_rate > 0 else None
-        weights = [int(w) for w in options.chat_weights.split(",")]
-        if len(weights) != 4 or min(weights) < 0 or sum(weights) == 0:
-            raise ValueError("--chat-weights: four non-negative integers, turn,switch,new,archive")
-        chosen = (_ChatUser.turn, _ChatUser.switch, _ChatUser.new, _ChatUser.archive)
-        self.tasks = [t for t, w in zip(chosen, weights, strict=True) for _ in range(w)]
-        self.backend = _backend(self.request_type, options)
+        self._pacer = Pacer(options.chat_rate, self.rng) if options.chat_rate > 0 else None
+        self.client = ChatClient(
+            _backend(self.request_type, options),
+            seeded_user_id(options.chat_run_id, index % options.chat_seed_users),
+            self.rng,
+            weights=parse_weights(options.chat_weights),
+            reply_delay=options.chat_reply_delay,
+        )
 
     def wait_time(self) -> float:
         options = _options(self)
@@ -184,83 +154,44 @@ class _ChatUser(User):
             return self.rng.uniform(options.chat_think_min, options.chat_think_max)
         return self._pacer.wait() if self._pacer is not None else 0.0
 
-    def _op(self, name: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        value, ms, exc = _bridge.timed(factory)
-        events.request.fire(
-            request_type=self.request_type,
-            name=name,
-            response_time=ms,
-            response_length=0,
-            exception=exc,
-            context={},
-        )
-        return value, exc
+    def _drive(self, script: Script) -> None:
+        """Run a client script: each operation on the loop, timed inside the coroutine."""
+        outcome: Outcome | None = None
+        while True:
+            try:
+                step = script.send(outcome)
+            except StopIteration:
+                return
+            if isinstance(step, Pause):
+                gevent.sleep(step.seconds)
+                outcome = None
+                continue
+            value, ms, exc = _bridge.timed(step.call)
+            events.request.fire(
+                request_type=self.request_type,
+                name=step.name,
+                response_time=ms,
+                response_length=0,
+                exception=exc,
+                context={},
+            )
+            outcome = (value, exc)
 
     def on_start(self) -> None:
         # Spread the users' first operations over one period; the pacer then
-        # gives each its own random phase (see _Pacer).
+        # gives each its own random phase (see client.Pacer).
         options = _options(self)
         if options.chat_mode == "paced" and options.chat_rate > 0:
             gevent.sleep(self.rng.uniform(0, 1.0 / options.chat_rate))
         elif options.chat_mode == "think":
             gevent.sleep(self.rng.uniform(0, options.chat_think_max))
-        self.open_latest()
+        self._drive(self.client.start())
 
-    def open_latest(self) -> None:
-        """Open the most recently updated conversation, or create one."""
-        page, exc = self._op("conversation_list", lambda: self.backend.list(self.user_id, 50))
-        if exc is None and page:
-            self.conversation = page[0]
-        else:
-            self.create()
+    def step(self) -> None:
+        """One task of the client's weighted mix (turn, switch, new, archive)."""
+        self._drive(self.client.next_task())
 
-    def create(self) -> None:
-        conv, exc = self._op("conversation_create", lambda: self.backend.create(self.user_id))
-        self.conversation = conv if exc is None else None
-
-    def turn(self) -> None:
-        """Read the history, append the user's message and the assistant's reply."""
-        if self.conversation is None:
-            self.create()
-            if self.conversation is None:
-                return
-        conv, user = self.conversation, self.user_id
-        _, exc = self._op("history_read", lambda: self.backend.history(user, conv, 20))
-        if exc is not None:
-            return
-        text = user_text(self.rng)
-        _, exc = self._op("message_insert", lambda: self.backend.append(user, conv, "user", text))
-        if exc is not None:
-            return
-        delay = _options(self).chat_reply_delay
-        if delay > 0:
-            gevent.sleep(delay)
-        reply = assistant_text(self.rng)
-        self._op("message_insert", lambda: self.backend.append(user, conv, "assistant", reply))
-
-    def switch(self) -> None:
-        """List the latest 50 active conversations and continue one of them."""
-        page, exc = self._op("conversation_list", lambda: self.backend.list(self.user_id, 50))
-        if exc is None and page:
-            self.conversation = self.rng.choice(page)
-
-    def new(self) -> None:
-        """Start a new conversation."""
-        self.create()
-
-    def archive(self) -> None:
-        """Archive the current conversation and start a new one."""
-        conv = self.conversation
-        if conv is not None:
-            _, exc = self._op(
-                "conversation_archive", lambda: self.backend.archive(self.user_id, conv)
-            )
-            if exc is not None:
-                return
-        self.create()
-
-    # The default task list (20,3,2,1); __init__ replaces it from --chat-weights.
-    tasks = [turn] * 20 + [switch] * 3 + [new] * 2 + [archive]
+    tasks = [step]  # noqa: RUF012 (Locust reads this class attribute)
 
 
 class StoreChatUser(_ChatUser):

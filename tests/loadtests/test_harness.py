@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from schema.devdb import ServerInfo, scratch_database
 from tests.app_schema import create_app_tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,55 +75,15 @@ def _run(database_url: str, reports: Path, *extra: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A server URL to make scratch databases on (schema.devdb's, else DATABASE_URL's)."""
-    try:
-        import schema.devdb  # noqa: F401
-    except ImportError:
-        url = os.environ.get("DATABASE_URL")
-        if not url:
-            pytest.skip("no schema.devdb and no DATABASE_URL")
-        yield url
-        return
-    yield request.getfixturevalue("pg_server").url
-
-
-def _scratch(server_url: str, prefix: str) -> Any:
-    try:
-        from schema.devdb import scratch_database
-    except ImportError:
-        return _fallback_scratch(server_url, prefix)
-    return scratch_database(server_url, prefix=prefix)
-
-
-class _fallback_scratch:
-    """CREATE/DROP DATABASE on ``server_url`` (used only while schema.devdb is absent)."""
-
-    def __init__(self, server_url: str, prefix: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        self.server = make_url(server_url).set(drivername="postgresql")
-        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-    async def _admin(self, sql: str) -> None:
-        conn = await asyncpg.connect(self.server.render_as_string(hide_password=False))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def __enter__(self) -> str:
-        asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
-        return self.server.set(database=self.name).render_as_string(hide_password=False)
-
-    def __exit__(self, *_: object) -> None:
-        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+def server_url(pg_server: ServerInfo) -> str:
+    """The run's PostgreSQL server, to make scratch databases on."""
+    return pg_server.url
 
 
 @pytest.fixture(scope="module")
 def short_run(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """One short run against a scratch database holding the application's tables."""
-    with _scratch(server_url, "loadtest_t") as url:
+    with scratch_database(server_url, prefix="loadtest_t") as url:
         asyncio.run(create_app_tables(url))
         yield _run(url, tmp_path_factory.mktemp("reports"))
 
@@ -223,7 +183,7 @@ def test_seeded_rows_are_deleted_afterwards(short_run: Run) -> None:
 
 def test_database_without_users_table_is_refused(server_url: str, tmp_path: Path) -> None:
     """A DATABASE_URL database without a users table: exit 2, nothing created."""
-    with _scratch(server_url, "loadtest_e") as url:
+    with scratch_database(server_url, prefix="loadtest_e") as url:
         run = _run(url, tmp_path / "reports")
         tables = asyncio.run(
             _count(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
@@ -231,3 +191,26 @@ def test_database_without_users_table_is_refused(server_url: str, tmp_path: Path
     assert run.returncode == 2
     assert "no users table" in run.output
     assert tables == 0
+
+
+def test_honesty_compares_the_harness_with_pure_asyncio(server_url: str, tmp_path: Path) -> None:
+    """The honesty command runs both drivers on one database and reports the p95 added."""
+    with scratch_database(server_url, prefix="loadtest_h") as url:
+        asyncio.run(create_app_tables(url))
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env["DATABASE_URL"] = url
+        proc = subprocess.run(
+            [sys.executable, "-m", "loadtests", "honesty", "--users", "5", "--rate", "4",
+             "--warmup", "1", "--duration", "3", "--rounds", "1", "--messages", "200",
+             "--target-diff-ms", "10000", "--reports-dir", str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (report,) = tmp_path.glob("*-honesty")
+    summary = json.loads((report / "honesty.json").read_text())
+    by_name = {op["operation"]: op for op in summary["operations"]}
+    for name in ("history_read", "message_insert"):
+        assert by_name[name]["harness"]["count"] > 0 and by_name[name]["asyncio"]["count"] > 0
+        added = by_name[name]["harness"]["p95_ms"] - by_name[name]["asyncio"]["p95_ms"]
+        assert by_name[name]["p95_added_ms"] == pytest.approx(added, abs=0.01)
+    assert "p95 harness" in proc.stdout and summary["verdict"] == "pass"
