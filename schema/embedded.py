@@ -12,6 +12,10 @@ the caller dies, even by SIGKILL:
 * the postmaster gets ``PR_SET_PDEATHSIG`` = SIGQUIT, so it dies with the
   supervisor if the supervisor itself is killed.
 
+The same pipe carries commands: :meth:`~EmbeddedPostgres.restart` asks the
+supervisor for a fast shutdown and a new postmaster on the same port and data
+directory (for fault tests), and the supervisor answers with one JSON line.
+
 initdb is the slow part of starting (about half a second), so an initdb'd data
 directory is cached per binary directory and version and copied for each server.
 PostgreSQL refuses to run as root; as root, the server runs as ``nobody``.
@@ -280,6 +284,38 @@ class EmbeddedPostgres:
             raise
         self._proc, self._errlog, self._info = proc, errlog, report
         atexit.register(self.stop)
+
+    def restart(self, *, pause: float = 0.0) -> None:
+        """Restart the server: fast shutdown, then start on the same port and data directory.
+
+        Like ``pg_ctl restart -m fast``: open sessions are terminated (SQLSTATE
+        57P01), the data is kept, and the URL stays valid. The server stays
+        supervised as before (it still dies with the owner). Returns once the
+        new postmaster accepts connections.
+
+        Args:
+            pause: seconds to stay down between shutdown and start (clients see
+                refused connections meanwhile).
+
+        Raises:
+            EmbeddedPostgresError: not running, or the server did not come back
+                (it is then stopped and its directory removed).
+        """
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._errlog is None:
+            raise EmbeddedPostgresError("the embedded PostgreSQL server is not running")
+        if pause < 0:
+            raise ValueError("pause must not be negative")
+        try:
+            proc.stdin.write(json.dumps({"command": "restart", "pause": pause}).encode() + b"\n")
+            proc.stdin.flush()
+            report = _read_report(proc, self._errlog, _STOP_TIMEOUT + pause + self._startup_timeout)
+        except (OSError, EmbeddedPostgresError) as exc:
+            self.stop()
+            if isinstance(exc, EmbeddedPostgresError):
+                raise
+            raise EmbeddedPostgresError(f"the supervisor is gone: {exc}") from exc
+        self._info["pid"] = report["pid"]
 
     def stop(self) -> None:
         """Shut the server down and delete its directory; does nothing if not running."""
@@ -685,12 +721,18 @@ def _start_postmaster(
     config: dict[str, Any],
     run_as: tuple[int, int] | None,
     deadline: float,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``postgres`` on a free port and wait until it accepts connections."""
+    """Start ``postgres`` and wait until it accepts connections.
+
+    On ``port`` if given (a restart: clients expect the same address; one
+    attempt), else on a free port, picked again if another process takes it first.
+    """
     preload = ["pg_stat_statements"] if _extension_installed(bin_dir, "pg_stat_statements") else []
     log_path = tmp / "postgres.log"
-    for _attempt in range(_BIND_ATTEMPTS):
-        port = _free_port()
+    fixed_port = port
+    for _attempt in range(1 if fixed_port is not None else _BIND_ATTEMPTS):
+        port = fixed_port if fixed_port is not None else _free_port()
         settings = _server_settings(tmp, port, bool(config["durable"]), preload)
         args = [str(bin_dir / "postgres"), "-D", str(data)]
         for key, value in settings.items():
@@ -728,6 +770,8 @@ def _start_postmaster(
                 f"PostgreSQL exited with code {proc.returncode}:\n{_log_tail(log_path)}"
             )
         # Someone took the port between our check and the postmaster's bind: again.
+    if fixed_port is not None:
+        raise _StartupError(f"port {fixed_port} is taken by another process")
     raise _StartupError(f"no free port after {_BIND_ATTEMPTS} attempts:\n{_log_tail(log_path)}")
 
 
@@ -756,9 +800,11 @@ def _report(message: dict[str, Any]) -> None:
         os.write(sys.stdout.fileno(), (json.dumps(message) + "\n").encode())
 
 
-def _wait_for_owner(owner_pid: int, postmaster: subprocess.Popen[bytes]) -> None:
-    """Block until the owner closes our stdin or dies, or the postmaster exits."""
+def _wait_for_owner(owner_pid: int, postmaster: subprocess.Popen[bytes]) -> dict[str, Any] | None:
+    """The owner's next command, or ``None`` once it closes our stdin or dies or the
+    postmaster exits (each of which means: shut down)."""
     fd = sys.stdin.fileno()
+    buffer = b""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
@@ -766,12 +812,16 @@ def _wait_for_owner(owner_pid: int, postmaster: subprocess.Popen[bytes]) -> None
                 try:
                     chunk = os.read(fd, 4096)
                 except OSError:
-                    return
+                    return None
                 if not chunk:
-                    return
+                    return None
+                buffer += chunk
+                if b"\n" in buffer:
+                    command: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
+                    return command
             # A pipe end inherited by one of the owner's forks would hide its death.
             if os.getppid() != owner_pid or postmaster.poll() is not None:
-                return
+                return None
 
 
 def _supervise(config: dict[str, Any]) -> int:
@@ -814,7 +864,19 @@ def _supervise(config: dict[str, Any]) -> int:
                 "version": match.group(0) if match else version,
             }
         )
-        _wait_for_owner(int(config["owner_pid"]), proc)
+        while (command := _wait_for_owner(int(config["owner_pid"]), proc)) is not None:
+            if command.get("command") != "restart":
+                raise _StartupError(f"unknown command from the owner: {command!r}")
+            # Fast shutdown (SIGINT: sessions are terminated with admin_shutdown,
+            # like `pg_ctl restart -m fast`), then the same data directory and port.
+            # The new postmaster is our child with the same death signal, so
+            # supervision is unchanged.
+            _shutdown(proc)
+            proc = None
+            time.sleep(float(command.get("pause", 0.0)))
+            deadline = time.monotonic() + float(config["startup_timeout"])
+            proc, port = _start_postmaster(bin_dir, tmp, data, config, run_as, deadline, port)
+            _report({"port": port, "pid": proc.pid})
         return 0
     except _StartupError as exc:
         _report({"error": f"embedded PostgreSQL did not start: {exc}"})

@@ -112,21 +112,19 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
     """Keep the pool gauges and the connect-time histogram of ``metrics`` current.
 
     Gauges are set from the pool's own counters on every checkout, checkin,
-    connect and close, so they are exact whenever they are scraped.
+    connect and close, and after ``engine.dispose()``, so they are exact
+    whenever they are scraped.
     """
-    pool = engine.sync_engine.pool
-    size = getattr(pool, "size", None)
-    overflow = getattr(pool, "_max_overflow", None)
-    if callable(size):
-        metrics.pool_size.set(size())
-    if isinstance(overflow, int):
-        metrics.pool_max_overflow.set(overflow)
+    sync_engine = engine.sync_engine
     checked_out = metrics.pool_connections.labels("checked_out")
     idle = metrics.pool_connections.labels("idle")
     overflowing = metrics.pool_connections.labels("overflow")
     connect_seconds = metrics.pool_connect
 
+    # The engine's current pool, read at every event: engine.dispose() replaces it
+    # (and a captured pool would be reported, disposed, from then on).
     def refresh(*_: Any) -> None:
+        pool = sync_engine.pool
         if isinstance(pool, QueuePool):
             checked_out.set(pool.checkedout())
             idle.set(pool.checkedin())
@@ -135,6 +133,7 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
     def after_checkin(*_: Any) -> None:
         # The checkin event fires before the pool takes the connection back, so
         # its counters still show it checked out: report the state it is entering.
+        pool = sync_engine.pool
         if isinstance(pool, QueuePool):
             checked_out.set(max(0, pool.checkedout() - 1))
             kept = pool.checkedin() < pool.size()  # a full queue discards overflow
@@ -150,10 +149,20 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
             connect_seconds.observe(time.perf_counter() - started)
         refresh()
 
-    sync_engine = engine.sync_engine
+    pool = sync_engine.pool
+    size = getattr(pool, "size", None)
+    overflow = getattr(pool, "_max_overflow", None)
+    if callable(size):
+        metrics.pool_size.set(size())
+    if isinstance(overflow, int):
+        metrics.pool_max_overflow.set(overflow)
     event.listen(sync_engine, "do_connect", before_connect)
     event.listen(sync_engine, "connect", after_connect)
     event.listen(sync_engine, "checkin", after_checkin)
     for name in ("checkout", "close", "invalidate", "soft_invalidate"):
         event.listen(sync_engine, name, refresh)
+    # QueuePool.dispose() closes idle connections before it resets its overflow
+    # count, so the close events above see a phantom checked-out connection; the
+    # new pool is in place when engine_disposed fires.
+    event.listen(sync_engine, "engine_disposed", refresh)
     refresh()

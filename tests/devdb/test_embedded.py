@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from schema.devdb import (
@@ -38,6 +38,8 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 pg = module.EmbeddedPostgres()
 pg.start()
+if "--restart" in sys.argv:
+    pg.restart()
 print(json.dumps({{"pid": pg.postmaster_pid, "datadir": str(pg.data_dir)}}), flush=True)
 time.sleep(120)
 """
@@ -106,6 +108,49 @@ def test_starts_answers_select_1_and_cleans_up() -> None:
     assert stop_seconds < 5, stop_seconds
 
 
+def test_restart_keeps_port_and_data_and_ends_sessions() -> None:
+    """restart(): open sessions end with admin_shutdown, a new postmaster serves the same
+    port and data, and stop() still removes everything."""
+
+    async def in_flight_query_during_restart(pg: EmbeddedPostgres) -> BaseException:
+        conn = await asyncpg.connect(pg.url, timeout=10)
+        try:
+            sleeping = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
+            await asyncio.sleep(0.3)  # the statement is running in its backend
+            await asyncio.to_thread(pg.restart, pause=0.2)
+            try:
+                await asyncio.wait_for(sleeping, timeout=10)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                return exc
+            raise AssertionError("a statement survived the restart")
+        finally:
+            conn.terminate()
+
+    with EmbeddedPostgres() as pg:
+        port, old_pid, data_dir = pg.port, pg.postmaster_pid, pg.data_dir
+        assert old_pid is not None and data_dir is not None
+        fetchval(pg.url, "CREATE TABLE kept AS SELECT 42 AS answer")
+        error = asyncio.run(in_flight_query_during_restart(pg))
+        # asyncpg reports the server's admin_shutdown (57P01) on a running statement
+        # as ConnectionDoesNotExistError (08003) when the socket closes with it.
+        assert getattr(error, "sqlstate", None) in ("57P01", "08003"), repr(error)
+        assert gone(old_pid)
+        assert (pg.port, pg.data_dir) == (port, data_dir)
+        assert pg.postmaster_pid not in (None, old_pid)
+        assert fetchval(pg.url, "SELECT answer FROM kept") == 42
+        pg.restart()  # twice in a row: the supervisor keeps serving commands
+        assert fetchval(pg.url, "SELECT answer FROM kept") == 42
+        new_pid = pg.postmaster_pid
+    assert new_pid is not None and gone(new_pid)
+    assert not data_dir.parent.exists()
+
+
+def test_restart_of_a_stopped_server_is_refused() -> None:
+    """restart() before start() raises EmbeddedPostgresError."""
+    with pytest.raises(EmbeddedPostgresError, match="not running"):
+        EmbeddedPostgres().restart()
+
+
 def test_two_servers_run_at_once() -> None:
     """Two embedded servers in one process get different ports and both answer."""
     with EmbeddedPostgres() as first, EmbeddedPostgres() as second:
@@ -115,11 +160,12 @@ def test_two_servers_run_at_once() -> None:
         assert fetchval(second.url, "SELECT 2") == 2
 
 
-def test_no_orphan_after_owner_is_sigkilled() -> None:
-    """SIGKILL of the owning process still stops the postmaster and removes the temp dir."""
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+@pytest.mark.parametrize("restarted", [False, True], ids=["started", "restarted"])
+def test_no_orphan_after_owner_is_sigkilled(restarted: bool) -> None:
+    """SIGKILL of the owning process still stops the postmaster and removes the temp dir,
+    also for a postmaster started by restart()."""
+    args = [sys.executable, "-c", OWNER_SCRIPT, *(["--restart"] if restarted else [])]
+    owner = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert owner.stdout is not None
         ready, _, _ = select.select([owner.stdout], [], [], 60)

@@ -36,6 +36,8 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from schema import ChatStore, InvalidLimit, NotFound, StoreMetrics, create_engine
+from schema.metrics import LATENCY_BUCKETS
+from tests.monitoring.quantiles import Harness, agrees_within_a_bucket, nearest_rank
 from tests.monitoring.test_static import (
     MONITORING,
     QUERIES_FILE,
@@ -71,7 +73,7 @@ def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 20) ->
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"{process.args[0]} exited with {process.returncode}")
+            pytest.fail(f"{process.args!r} exited with {process.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -89,34 +91,61 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def workload(database_url: str, registry: CollectorRegistry, seconds: float) -> None:
-    """Every operation, a replay, a reject and a not-found, repeated for ``seconds``."""
+async def workload(
+    database_url: str, registry: CollectorRegistry, seconds: float, harness: Harness
+) -> None:
+    """Every operation, a replay, a reject and a not-found, repeated for ``seconds``;
+    ``harness`` times each call on its own, as a load harness does.
+
+    Each operation runs a different number of times per round (and archive_inactive
+    every other round), so no two have the same (ok, error) counts: a histogram that
+    recorded one operation under another's label would not match the harness's counts.
+    """
     engine = create_engine(database_url=database_url)
     store = ChatStore(engine, metrics=StoreMetrics(registry))
     admin = await asyncpg.connect(database_url)
+    call = harness.call
     try:
         deadline = time.monotonic() + seconds
+        round_number = 0
         while time.monotonic() < deadline:
             user = f"user-{uuid.uuid4()}"
             await admin.execute(
                 "INSERT INTO users (id, email) VALUES ($1, $2)", user, f"{user}@example.com"
             )
-            conv = await store.create_conversation(user)
+            conv = await call("create_conversation", store.create_conversation(user))  # 1
             message_id = uuid.uuid4()
-            await store.add_message(user, conv.id, "user", "hello", message_id=message_id)
-            await store.add_message(user, conv.id, "user", "hello", message_id=message_id)
-            await store.add_message(user, conv.id, "assistant", "hi there")
-            await store.get_history(user, conv.id)
-            await store.get_conversation(user, conv.id)
-            await store.list_conversations(user)
-            await store.archive_conversation(user, conv.id)
-            await store.restore_conversation(user, conv.id)
-            with pytest.raises(InvalidLimit):
-                await store.get_history(user, conv.id, limit=0)
+            for _ in range(2):  # the second is an idempotent replay
+                await call(
+                    "add_message",
+                    store.add_message(user, conv.id, "user", "hello", message_id=message_id),
+                )
+            for role in ("assistant", "user", "assistant"):  # 5 appends in all
+                await call("add_message", store.add_message(user, conv.id, role, "more"))
+            for limit in (20, 2, 1, 5):  # 4 reads, 1 not found
+                await call("get_history", store.get_history(user, conv.id, limit=limit))
             with pytest.raises(NotFound):
-                await store.get_history(user, uuid.uuid4())
-            await store.delete_conversation(user, conv.id)
-            await store.archive_inactive_conversations(idle_for=timedelta(days=3650))
+                await call("get_history", store.get_history(user, uuid.uuid4()))
+            with pytest.raises(InvalidLimit):  # rejected before the histogram: not timed
+                await call("get_history", store.get_history(user, conv.id, limit=0))
+            for _ in range(6):
+                await call("get_conversation", store.get_conversation(user, conv.id))
+            for _ in range(7):
+                await call("list_conversations", store.list_conversations(user))
+            for _ in range(2):  # idempotent
+                await call("archive_conversation", store.archive_conversation(user, conv.id))
+            for _ in range(3):  # idempotent
+                await call("restore_conversation", store.restore_conversation(user, conv.id))
+            await call("delete_conversation", store.delete_conversation(user, conv.id))
+            with pytest.raises(NotFound):  # 1 ok, 1 not found
+                await call("delete_conversation", store.delete_conversation(user, conv.id))
+            if round_number % 2 == 0:
+                # One statement per call here: nothing is idle for ten years.
+                await call(
+                    "archive_inactive_conversations",
+                    store.archive_inactive_conversations(idle_for=timedelta(days=3650)),
+                )
+            round_number += 1
             await asyncio.sleep(0.05)
         await admin.execute("VACUUM ANALYZE conversations, messages")
     finally:
@@ -125,7 +154,15 @@ async def workload(database_url: str, registry: CollectorRegistry, seconds: floa
 
 
 @pytest.fixture(scope="module")
-def prometheus_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def harness() -> Harness:
+    """The live workload's own per-call timings (filled by ``prometheus_url``)."""
+    return Harness()
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, harness: Harness
+) -> Iterator[str]:
     """A Prometheus on loopback that has scraped a live workload, exporter and rules."""
     prometheus = binary("prometheus", "prometheus")
     exporter = binary("prometheus-postgres-exporter", "prometheus-postgres-exporter")
@@ -171,7 +208,7 @@ def prometheus_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) 
     try:
         wait_for(f"http://127.0.0.1:{exporter_port}/metrics", exporter_proc)
         wait_for(f"{url}/-/ready", prom_proc)
-        asyncio.run(workload(database_url, registry, seconds=4))
+        asyncio.run(workload(database_url, registry, seconds=4, harness=harness))
         time.sleep(4)  # a few more scrapes and rule evaluations
         yield url
     finally:
@@ -221,3 +258,61 @@ def test_targets_are_up_and_exporter_reaches_postgres(prometheus_url: str) -> No
     assert [r["value"][1] for r in query(prometheus_url, "pg_up")] == ["1"]
     alerts = get_json(f"{prometheus_url}/api/v1/alerts")["data"]["alerts"]
     assert not [a for a in alerts if a["state"] == "firing"]
+
+
+def test_histogram_p95_agrees_with_the_harness(prometheus_url: str, harness: Harness) -> None:
+    """Prometheus's p95 of the load (histogram_quantile over the scraped buckets) is in the
+    bucket of the harness's own exact p95 or the one below, overall and per operation; the
+    scraped counts per operation and outcome equal the harness's."""
+    # The window is the whole load: the registry was fresh and the last scrape came
+    # after the load ended, so the cumulative buckets hold exactly its observations.
+    job = 'job="chat-loadtest"'
+    scraped = {
+        (r["metric"]["operation"], r["metric"]["outcome"]): int(float(r["value"][1]))
+        for r in query(
+            prometheus_url,
+            f"sum by (operation, outcome) (chat_storage_operation_duration_seconds_count{{{job}}})",
+        )
+    }
+    counted: dict[tuple[str, str], int] = {}
+    for operation, outcome, _ in harness.samples:
+        counted[(operation, outcome)] = counted.get((operation, outcome), 0) + 1
+    assert scraped == counted
+    # The workload's call counts tell the operations apart (see workload()).
+    signatures = [
+        (counted.get((op, "ok"), 0), counted.get((op, "error"), 0))
+        for op in {op for op, _ in counted}
+    ]
+    assert len(set(signatures)) == len(signatures), signatures
+
+    def prometheus_p95(selector: str, by: str = "") -> dict[str, float]:
+        expr = (
+            f"histogram_quantile(0.95, sum by (le{by}) "
+            f"(chat_storage_operation_duration_seconds_bucket{{{selector}}}))"
+        )
+        return {
+            r["metric"].get("operation", ""): float(r["value"][1])
+            for r in query(prometheus_url, expr)
+        }
+
+    figures = {"": prometheus_p95(f'{job}, outcome="ok"')[""]}
+    figures |= prometheus_p95(f'{job}, outcome="ok"', ", operation")
+    lines, disagreements = [], []
+    for operation, from_prometheus in sorted(figures.items()):
+        durations = harness.durations(operation=operation or None)
+        own = nearest_rank(durations, 0.95)
+        agrees = agrees_within_a_bucket(LATENCY_BUCKETS, own, from_prometheus)
+        line = (
+            f"{operation or 'all operations'}: n={len(durations)}, harness p95 "
+            f"{own * 1000:.2f} ms, Prometheus p95 {from_prometheus * 1000:.2f} ms"
+        )
+        lines.append(line)
+        if not agrees:
+            disagreements.append(line)
+    print(
+        "\np95 over the load window (edges "
+        + ", ".join(f"{e * 1000:g}" for e in LATENCY_BUCKETS[:9])
+        + " ms ...):\n"
+        + "\n".join(lines)
+    )
+    assert not disagreements, disagreements

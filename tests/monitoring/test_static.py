@@ -103,7 +103,7 @@ def rule_exprs() -> list[tuple[str, str, str]]:
 
 
 def recording_rule_names() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for path in RULE_FILES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             names.update(r["record"] for r in group["rules"] if "record" in r)
