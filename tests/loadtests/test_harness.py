@@ -214,3 +214,15 @@ def test_honesty_compares_the_harness_with_pure_asyncio(server_url: str, tmp_pat
         added = by_name[name]["harness"]["p95_ms"] - by_name[name]["asyncio"]["p95_ms"]
         assert by_name[name]["p95_added_ms"] == pytest.approx(added, abs=0.01)
     assert "p95 harness" in proc.stdout and summary["verdict"] == "pass"
+
+
+def test_locust_worker_processes_share_the_load(server_url: str, tmp_path: Path) -> None:
+    """--processes 2: Locust's master/worker mode, one event loop and engine per worker."""
+    with scratch_database(server_url, prefix="loadtest_p") as url:
+        asyncio.run(create_app_tables(url))
+        run = _run(url, tmp_path, "--processes", "2", "--metrics-port", "0")
+    assert run.returncode == 0, run.output
+    summary = run.summary()
+    assert summary["processes"] == 2 and summary["verdict"] == "pass"
+    counts = {op["name"]: op["count"] for op in summary["operations"]}
+    assert counts["history_read"] > 0 and counts["message_insert"] > 0
