@@ -1,0 +1,193 @@
+"""The workload's three operations on two paths: ChatStore, and raw asyncpg.
+
+:class:`RawBackend` is the reference: the very same SQL (the compiled
+statements of ``schema.queries``), prepared and cached by asyncpg on each
+connection, arguments and rows through the same plans. Its connections wait in
+a first-come, first-served handoff (:class:`Handoff`), not ``asyncpg.Pool``,
+which sends a reset query on every release (an extra round trip) and lets fast
+tasks barge past waiting ones. The difference between the two is what
+ChatStore adds on top of the driver: the SQLAlchemy pool checkout, the greenlet,
+the span, metrics and error translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from typing import Any, Generic, Protocol, TypeVar
+
+import asyncpg
+from opentelemetry import trace
+from sqlalchemy.engine import make_url
+
+from schema import ChatStore, StoreMetrics, create_engine
+from schema.queries.base import Plan
+from schema.queries.conversations import plan_list_conversations
+from schema.queries.messages import plan_add_message, plan_get_history
+from schema.tracing import instrument_statements
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+HISTORY_LIMIT = 20
+LIST_LIMIT = 50
+
+
+class Backend(Protocol):
+    """The operations a benchmark session performs."""
+
+    name: str
+
+    async def open(self) -> None: ...
+    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int: ...
+    async def append(
+        self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
+    ) -> None: ...
+    async def listing(self, user_id: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+class StoreBackend:
+    """``ChatStore`` on ``schema.create_engine`` with the given pool."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        pool_size: int,
+        max_overflow: int,
+        metrics: StoreMetrics | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        trace_statements: bool = False,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self._pool_size = pool_size
+        self._max_overflow = max_overflow
+        self.metrics = metrics
+        self._tracer_provider = tracer_provider
+        self._trace_statements = trace_statements
+        self._statement_tracer: Any = None
+        self._store: ChatStore | None = None
+
+    @property
+    def store(self) -> ChatStore:
+        if self._store is None:
+            raise RuntimeError(f"{self.name}: open() first")
+        return self._store
+
+    async def open(self) -> None:
+        engine = create_engine(
+            database_url=self._url, pool_size=self._pool_size, max_overflow=self._max_overflow
+        )
+        if self._trace_statements:
+            self._statement_tracer = instrument_statements(
+                engine, tracer_provider=self._tracer_provider
+            )
+        self._store = ChatStore(engine, metrics=self.metrics, tracer_provider=self._tracer_provider)
+        # Open the kept connections now, so the first round does not pay for them.
+        connections = [await engine.connect() for _ in range(self._pool_size)]
+        for connection in connections:
+            await connection.close()
+
+    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        page = await self.store.get_history(user_id, conversation_id, limit=HISTORY_LIMIT)
+        return len(page.items)
+
+    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+        await self.store.add_message(user_id, conversation_id, role, text)
+
+    async def listing(self, user_id: str) -> int:
+        page = await self.store.list_conversations(user_id, limit=LIST_LIMIT)
+        return len(page.items)
+
+    async def close(self) -> None:
+        if self._statement_tracer is not None:
+            self._statement_tracer.remove_all_event_listeners()
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.engine.dispose()
+
+
+class Handoff(Generic[T]):
+    """Idle items handed to waiters in arrival order (no barging, no reset)."""
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._waiters: deque[asyncio.Future[T]] = deque()
+
+    async def acquire(self) -> T:
+        if self._items:  # items wait only while nobody else does
+            return self._items.popleft()
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed over as we were cancelled
+            raise
+
+    def release(self, item: T) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self._items.append(item)
+
+    def drain(self) -> list[T]:
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+class RawBackend:
+    """The same plans run prepared on ``connections`` plain asyncpg connections."""
+
+    def __init__(self, name: str, url: str, *, connections: int) -> None:
+        self.name = name
+        # asyncpg takes the plain postgresql:// form and libpq's sslmode itself.
+        parsed = make_url(url).set(drivername="postgresql")
+        self._dsn = parsed.difference_update_query(["channel_binding"]).render_as_string(
+            hide_password=False
+        )
+        self._size = connections
+        self._idle: Handoff[Any] = Handoff()
+
+    async def open(self) -> None:
+        for _ in range(self._size):
+            self._idle.release(await asyncpg.connect(self._dsn))
+
+    async def _run(self, plan: Plan[R]) -> R:
+        sql, _ = plan.statement.compile()
+        args = plan.args()
+        conn = await self._idle.acquire()
+        try:
+            rows = await conn.fetch(sql, *args)
+        finally:
+            self._idle.release(conn)
+        return plan.finish(rows)
+
+    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        plan = plan_get_history(
+            user_id=user_id, conversation_id=conversation_id, limit=HISTORY_LIMIT
+        )
+        return len((await self._run(plan)).items)
+
+    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+        plan = plan_add_message(
+            user_id=user_id, conversation_id=conversation_id, role=role, content=text
+        )
+        await self._run(plan)
+
+    async def listing(self, user_id: str) -> int:
+        return len(
+            (await self._run(plan_list_conversations(user_id=user_id, limit=LIST_LIMIT))).items
+        )
+
+    async def close(self) -> None:
+        for conn in self._idle.drain():
+            await conn.close()

@@ -1,0 +1,158 @@
+"""The chat workload as concurrent sessions, closed loop or paced.
+
+A session owns one conversation. Each turn: read the latest 20 messages, append
+the user's message, append the assistant's (each append bumps the
+conversation), and every 10th turn list the user's 50 latest conversations.
+Message texts are drawn before the clock starts, so generating them costs the
+measured process nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from loadtests.bench.backends import Backend
+from loadtests.bench.database import Target
+from loadtests.workload import assistant_text, user_text
+
+HISTORY = "history_read"
+APPEND = "message_insert"
+LIST = "conversation_list"
+OPERATIONS = (HISTORY, APPEND, LIST)
+LIST_EVERY = 10
+
+
+@dataclass
+class Round:
+    """What one backend did in one measured round."""
+
+    ops: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Pre-drawn message texts."""
+
+    user: tuple[str, ...]
+    assistant: tuple[str, ...]
+
+    @classmethod
+    def draw(cls, n: int = 64, seed: int = 7) -> Texts:
+        rng = random.Random(seed)
+        return cls(
+            tuple(user_text(rng) for _ in range(n)), tuple(assistant_text(rng) for _ in range(n))
+        )
+
+
+async def _turn(
+    backend: Backend, target: Target, turn: int, texts: Texts, record: Round | None
+) -> int:
+    """One turn; returns the operations done (recorded into ``record`` if given)."""
+    ops = 0
+    clock = time.perf_counter
+    user, conv = target.user_id, target.conversation_id
+    if turn % LIST_EVERY == 0:
+        started = clock()
+        await backend.listing(user)
+        if record is not None:
+            record.latencies[LIST].append(clock() - started)
+        ops += 1
+    started = clock()
+    await backend.history(user, conv)
+    if record is not None:
+        record.latencies[HISTORY].append(clock() - started)
+    for role, pool in (("user", texts.user), ("assistant", texts.assistant)):
+        started = clock()
+        await backend.append(user, conv, role, pool[turn % len(pool)])
+        if record is not None:
+            record.latencies[APPEND].append(clock() - started)
+    return ops + 3
+
+
+async def run_closed(
+    backend: Backend, targets: Sequence[Target], seconds: float, texts: Texts
+) -> Round:
+    """Every session runs turns back to back until ``seconds`` have passed.
+
+    A session finishes the turn in flight, so a round ends when the last one
+    does; its duration and CPU time cover exactly the operations counted.
+    """
+    record = Round()
+    rng = random.Random(len(targets))
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    deadline = wall0 + seconds
+
+    async def session(target: Target) -> None:
+        # Random start turn: the 10th-turn listings are spread, not synchronised.
+        turn = rng.randrange(LIST_EVERY)
+        while time.perf_counter() < deadline:
+            # Not ``record.ops += await ...``: that reads ops before the await and
+            # loses the other sessions' increments made meanwhile.
+            done = await _turn(backend, target, turn, texts, record)
+            record.ops += done
+            turn += 1
+
+    await asyncio.gather(*(session(t) for t in targets))
+    record.seconds = time.perf_counter() - wall0
+    record.cpu_seconds = time.process_time() - cpu0
+    return record
+
+
+async def run_paced(
+    backend: Backend,
+    targets: Sequence[Target],
+    seconds: float,
+    texts: Texts,
+    *,
+    rate: float,
+    warmup: float = 0.0,
+) -> Round:
+    """Each session starts a turn every ``1/rate`` s on its own clock-anchored
+    schedule with a random phase (no lockstep bursts); turns that start in the
+    first ``warmup`` s are not recorded.
+
+    A session that falls behind starts its next turn at once (the schedule is
+    kept, late turns are not skipped), so overload shows as latency.
+    """
+    record = Round()
+    rng = random.Random(len(targets))
+    interval = 1.0 / rate
+    gc.collect()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    deadline = measure_from + seconds
+    cpu0: list[float] = []
+
+    async def session(target: Target) -> None:
+        phase = rng.uniform(0.0, interval)
+        turn = rng.randrange(LIST_EVERY)
+        k = 0
+        while True:
+            due = start + phase + k * interval
+            if due >= deadline:
+                return
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            measured = due >= measure_from
+            if measured and not cpu0:
+                cpu0.append(time.process_time())
+            done = await _turn(backend, target, turn, texts, record if measured else None)
+            if measured:
+                record.ops += done
+            turn += 1
+            k += 1
+
+    await asyncio.gather(*(session(t) for t in targets))
+    record.seconds = max(time.perf_counter() - measure_from, 1e-9)
+    record.cpu_seconds = time.process_time() - (cpu0[0] if cpu0 else time.process_time())
+    return record

@@ -1,0 +1,87 @@
+"""Aggregates of benchmark rounds: rates, CPU per operation, percentiles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtests.bench.sessions import OPERATIONS, Round
+
+QUANTILES = (0.50, 0.95, 0.99)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (already sorted); NaN when empty."""
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+@dataclass
+class Summary:
+    """Several rounds of one variant, added up."""
+
+    ops: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    round_rates: list[float] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
+
+    def add(self, rnd: Round) -> None:
+        self.ops += rnd.ops
+        self.seconds += rnd.seconds
+        self.cpu_seconds += rnd.cpu_seconds
+        self.round_rates.append(rnd.ops / rnd.seconds if rnd.seconds else 0.0)
+        for op, values in rnd.latencies.items():
+            self.latencies[op].extend(values)
+
+    @property
+    def ops_per_second(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return 1e6 * self.cpu_seconds / self.ops if self.ops else math.nan
+
+    def quantiles_ms(self, op: str) -> dict[str, float]:
+        values = sorted(self.latencies[op])
+        return {f"p{round(q * 100)}": 1000 * percentile(values, q) for q in QUANTILES}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "ops_per_second": round(self.ops_per_second, 1),
+            "cpu_us_per_op": round(self.cpu_us_per_op, 1),
+            "round_ops_per_second": [round(r, 1) for r in self.round_rates],
+            "latency_ms": {
+                op: {"count": len(self.latencies[op]), **_rounded(self.quantiles_ms(op))}
+                for op in OPERATIONS
+            },
+        }
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else round(v, 3)) for k, v in values.items()}
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, NaN when ``b`` is zero or either is NaN."""
+    if not b or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return a / b
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    """A number for a table cell ("-" for NaN)."""
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def summarize(rounds: Iterable[Round]) -> Summary:
+    summary = Summary()
+    for rnd in rounds:
+        summary.add(rnd)
+    return summary

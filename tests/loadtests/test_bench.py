@@ -1,0 +1,149 @@
+"""``python -m loadtests.bench``: each benchmark, tiny, on the test server.
+
+Each run is a second or two (a handful of sessions, sub-second rounds, a few
+hundred seeded messages). The checks are about structure (counts, ratios,
+files), never about speed: timings on a shared machine prove nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests.bench.backends import Handoff
+from loadtests.bench.cli import main
+from loadtests.bench.stats import percentile
+from schema.devdb import ServerInfo
+
+TINY = ["--seconds", "0.4", "--warmup", "0.1"]
+
+
+def run_bench(pg_server: ServerInfo, tmp_path: Path, name: str, *options: str) -> dict[str, Any]:
+    """Run one benchmark; its results.json (after checking both files exist)."""
+    status = main([name, *options, "--server-url", pg_server.url, "--reports-dir", str(tmp_path)])
+    assert status == 0
+    (directory,) = tmp_path.glob(f"bench-{name}-*")
+    assert "|--" in (directory / "table.md").read_text()
+    results: dict[str, Any] = json.loads((directory / "results.json").read_text())
+    assert results["benchmark"] == name
+    return results
+
+
+def finite_positive(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+
+def check_comparison(results: dict[str, Any], names: tuple[str, str]) -> None:
+    assert [level["sessions"] for level in results["levels"]] == [2, 3]
+    for level in results["levels"]:
+        assert set(level["variants"]) == set(names)
+        for variant in level["variants"].values():
+            assert variant["ops"] > 0
+            assert finite_positive(variant["cpu_us_per_op"])
+            assert variant["latency_ms"]["history_read"]["count"] > 0
+            assert variant["latency_ms"]["message_insert"]["count"] > 0
+        assert finite_positive(level["ratios"]["ops_per_second"])
+        assert finite_positive(level["ratios"]["cpu_per_op"])
+        assert set(level["targets_met"]) == {"ops", "cpu"}
+
+
+def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """driver: both variants measured at each level, ratios and a profile written."""
+    results = run_bench(
+        pg_server, tmp_path, "driver",
+        "--sessions", "2,3", "--rounds", "2", "--messages", "300", "--profile", *TINY,
+    )  # fmt: skip
+    check_comparison(results, ("store", "raw"))
+    profile = results["profile_cpu_us_per_op"]
+    assert set(profile) == {"store", "raw", "layers_us_per_call"}
+    assert "sqlalchemy pool" in profile["store"]
+    assert "pool checkout + checkin" in profile["layers_us_per_call"]
+    assert (next(tmp_path.glob("bench-driver-*")) / "profile.txt").stat().st_size > 0
+
+
+def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """instrumentation: on/off ratios, and "on" made one span and one sample per operation."""
+    results = run_bench(
+        pg_server, tmp_path, "instrumentation",
+        "--sessions", "2,3", "--rounds", "1", "--messages", "300", *TINY,
+    )  # fmt: skip
+    check_comparison(results, ("on", "off"))
+    assert results["spans_exported"] > 0
+    assert results["spans_exported"] == results["operations_observed"]
+
+
+def test_network_counts_round_trips(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """network: each operation's p50 with and without the proxy, in round trips."""
+    results = run_bench(
+        pg_server, tmp_path, "network",
+        "--sessions", "2", "--rate", "10", "--rounds", "1", "--seconds", "0.5",
+        "--messages", "300", "--delay-ms", "2",
+    )  # fmt: skip
+    assert finite_positive(results["select1_p50_ms"]["proxied"])
+    for op in ("history_read", "message_insert"):
+        figures = results["operations"][op]
+        assert figures["count"] > 0
+        assert figures["expected_ms"] == pytest.approx(figures["p50_direct_ms"] + 4, abs=0.002)
+        assert figures["round_trips"] is not None
+
+
+def test_pool_reports_wait_and_sizing(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """pool: p95, pool wait from the histogram and connections in use, per pool and level."""
+    results = run_bench(
+        pg_server, tmp_path, "pool",
+        "--sessions", "3,5", "--pools", "1+1,3+2", "--rate", "5", "--messages", "300",
+        "--seconds", "0.5", "--warmup", "0.2",
+    )  # fmt: skip
+    runs = results["runs"]
+    assert [(r["sessions"], r["pool"]) for r in runs] == [
+        (3, "1+1"), (3, "3+2"), (5, "1+1"), (5, "3+2"),
+    ]  # fmt: skip
+    for run in runs:
+        assert run["ops"] > 0
+        assert run["pool_wait"]["count"] > 0
+        assert run["connections_in_use"]["max"] >= 1
+    assert results["max_connections"] > 0
+    table = next(tmp_path.glob("bench-pool-*")).joinpath("table.md").read_text()
+    assert "3 sessions: " in table and "5 sessions: " in table  # a verdict per level
+
+
+def test_scale_grows_the_table(pg_server: ServerInfo, tmp_path: Path) -> None:
+    """scale: p95 and the history query's buffers at each size; the ratio is computed."""
+    results = run_bench(
+        pg_server, tmp_path, "scale",
+        "--sizes", "300,900", "--sessions", "3", "--rate", "5", "--seconds", "0.5",
+        "--warmup", "0.2",
+    )  # fmt: skip
+    first, second = results["levels"]
+    assert 300 <= first["messages"] < second["messages"]
+    for level in (first, second):
+        assert level["workload"]["latency_ms"]["history_read"]["count"] > 0
+        for explained in level["explain_history"].values():
+            assert explained["shared_hit"] + explained["shared_read"] > 0
+    assert finite_positive(results["p95_ratio_largest_to_smallest"]["history_read"])
+
+
+async def test_handoff_serves_waiters_in_arrival_order() -> None:
+    """The raw reference's connection queue is first come, first served."""
+    handoff: Handoff[str] = Handoff()
+    waiters = [asyncio.ensure_future(handoff.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    for item in ("a", "b", "c"):
+        handoff.release(item)
+    late = asyncio.ensure_future(handoff.acquire())  # arrives after the hand-offs
+    handoff.release("d")
+    assert [await w for w in waiters] == ["a", "b", "c"]
+    assert await late == "d"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p50 of 1..10 is 5, p95 is 10, empty is NaN."""
+    values = [float(v) for v in range(1, 11)]
+    assert percentile(values, 0.5) == 5.0
+    assert percentile(values, 0.95) == 10.0
+    assert math.isnan(percentile([], 0.5))
