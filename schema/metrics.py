@@ -15,10 +15,13 @@ ones. Exemplars are not kept in multiprocess mode (a prometheus-client limit).
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -106,20 +109,76 @@ class StoreMetrics:
             "Callers that gave up waiting for a connection after pool_timeout.",
             registry=registry,
         )
+        # In one process the pool gauges are read from the pools when scraped:
+        # exact, and nothing on the checkout path (event listeners setting three
+        # gauges on every checkout and checkin were the largest part of the
+        # metrics' cost). Multiprocess mode has no scrape-time callbacks (values
+        # live in files), so there observe_pool keeps them current by events.
+        self._engines: list[weakref.ref[Engine]] = []
+        self.scrape_time_pool_gauges: Final = values.ValueClass is values.MutexValue
+        if self.scrape_time_pool_gauges:
+            self.pool_size.set_function(lambda: self._pool_total(QueuePool.size))
+            self.pool_max_overflow.set_function(lambda: self._pool_total(_max_overflow))
+            for state, read in (
+                ("checked_out", QueuePool.checkedout),
+                ("idle", QueuePool.checkedin),
+                ("overflow", _overflowing),
+            ):
+                self.pool_connections.labels(state).set_function(
+                    lambda read=read: self._pool_total(read)  # type: ignore[misc]
+                )
+
+    def _pool_total(self, read: Callable[[QueuePool], int]) -> float:
+        """``read`` summed over the current pools of the engines still alive."""
+        total = 0
+        live = []
+        for ref in self._engines:
+            engine = ref()
+            if engine is None:
+                continue
+            live.append(ref)
+            pool = engine.pool  # engine.dispose() replaces it: read the current one
+            if isinstance(pool, QueuePool):
+                total += read(pool)
+        self._engines = live
+        return float(total)
+
+
+def _max_overflow(pool: QueuePool) -> int:
+    return max(0, pool._max_overflow)
+
+
+def _overflowing(pool: QueuePool) -> int:
+    return max(0, pool.overflow())
 
 
 def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
-    """Keep the pool gauges and the connect-time histogram of ``metrics`` current.
+    """Feed ``engine``'s pool into the pool gauges and the connect-time histogram.
 
-    Gauges are set from the pool's own counters on every checkout, checkin,
-    connect and close, and after ``engine.dispose()``, so they are exact
-    whenever they are scraped.
+    In one process the gauges read every observed engine's current pool when
+    scraped. In multiprocess mode they are set from the pool's own counters on
+    every checkout, checkin, connect and close, and after ``engine.dispose()``.
+    Either way they are exact whenever they are scraped.
     """
     sync_engine = engine.sync_engine
+    connect_seconds = metrics.pool_connect
+
+    def before_connect(_dialect: Any, record: Any, _cargs: Any, _cparams: Any) -> None:
+        record.info["chat_storage.connect_started"] = time.perf_counter()
+
+    def after_connect(_dbapi_connection: Any, record: Any) -> None:
+        started = record.info.pop("chat_storage.connect_started", None)
+        if started is not None:
+            connect_seconds.observe(time.perf_counter() - started)
+
+    event.listen(sync_engine, "do_connect", before_connect)
+    event.listen(sync_engine, "connect", after_connect)
+    if metrics.scrape_time_pool_gauges:
+        metrics._engines.append(weakref.ref(sync_engine))
+        return
     checked_out = metrics.pool_connections.labels("checked_out")
     idle = metrics.pool_connections.labels("idle")
     overflowing = metrics.pool_connections.labels("overflow")
-    connect_seconds = metrics.pool_connect
 
     # The engine's current pool, read at every event: engine.dispose() replaces it
     # (and a captured pool would be reported, disposed, from then on).
@@ -140,15 +199,6 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
             idle.set(pool.checkedin() + (1 if kept else 0))
             overflowing.set(max(0, pool.overflow() - (0 if kept else 1)))
 
-    def before_connect(_dialect: Any, record: Any, _cargs: Any, _cparams: Any) -> None:
-        record.info["chat_storage.connect_started"] = time.perf_counter()
-
-    def after_connect(_dbapi_connection: Any, record: Any) -> None:
-        started = record.info.pop("chat_storage.connect_started", None)
-        if started is not None:
-            connect_seconds.observe(time.perf_counter() - started)
-        refresh()
-
     pool = sync_engine.pool
     size = getattr(pool, "size", None)
     overflow = getattr(pool, "_max_overflow", None)
@@ -156,10 +206,8 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
         metrics.pool_size.set(size())
     if isinstance(overflow, int):
         metrics.pool_max_overflow.set(overflow)
-    event.listen(sync_engine, "do_connect", before_connect)
-    event.listen(sync_engine, "connect", after_connect)
     event.listen(sync_engine, "checkin", after_checkin)
-    for name in ("checkout", "close", "invalidate", "soft_invalidate"):
+    for name in ("connect", "checkout", "close", "invalidate", "soft_invalidate"):
         event.listen(sync_engine, name, refresh)
     # QueuePool.dispose() closes idle connections before it resets its overflow
     # count, so the close events above see a phantom checked-out connection; the

@@ -1,9 +1,11 @@
 """``instrumentation``: ChatStore with metrics and tracing on vs off, interleaved.
 
 On: ``StoreMetrics`` on a fresh ``CollectorRegistry``, an OpenTelemetry SDK
-``TracerProvider`` that samples every span and hands it to a
-``SimpleSpanProcessor`` over an exporter that drops it (so the cost measured is
-the instrumentation's, not an exporter's), and the SQLAlchemy statement
+``TracerProvider`` configured as production would be (``--sample-ratio``,
+default 1%, parent-based, and a ``BatchSpanProcessor``; ``--sample-ratio 1
+--processor simple`` measures every span exported synchronously) over an
+exporter that drops the spans (so the cost measured is the instrumentation's,
+not an exporter's), and the SQLAlchemy statement
 instrumentation on the engine (``schema.tracing.instrument_statements``: the
 hot path bypasses SQLAlchemy's execute, but its pool listeners still run).
 Off: ``metrics=None`` and the default (no-op) global tracer.
@@ -20,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry
 
 from loadtests.bench.backends import StoreBackend
@@ -52,14 +59,24 @@ class DiscardingExporter(SpanExporter):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, sessions="10,100")
+    parser.add_argument(
+        "--sample-ratio", type=float, default=0.01, help="traces sampled (0.01; 1 = all)"
+    )
+    parser.add_argument(
+        "--processor", choices=("batch", "simple"), default="batch", help="span processor (batch)"
+    )
 
 
 async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
     await seed_messages(url, "bench", args.messages)
     texts = Texts.draw()
     exporter = DiscardingExporter()
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sampler = (
+        ALWAYS_ON if args.sample_ratio >= 1 else ParentBased(TraceIdRatioBased(args.sample_ratio))
+    )
+    provider = TracerProvider(sampler=sampler)
+    processor = BatchSpanProcessor if args.processor == "batch" else SimpleSpanProcessor
+    provider.add_span_processor(processor(exporter))
     registry = CollectorRegistry()
     pool = {"pool_size": args.pool_size, "max_overflow": args.max_overflow}
     on = StoreBackend(
@@ -85,7 +102,7 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     finally:
         await on.close()
         await off.close()
-        provider.shutdown()
+        provider.shutdown()  # flushes the batch processor: every sampled span is counted
     observed = sum(
         registry.get_sample_value(
             "chat_storage_operation_duration_seconds_count", {"operation": op, "outcome": "ok"}
@@ -94,6 +111,8 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
         for op in OPERATIONS
     )
     # Proof that the "on" variant really recorded: every operation is a span and a sample.
+    results["sample_ratio"] = args.sample_ratio
+    results["processor"] = args.processor
     results["spans_exported"] = exporter.spans
     results["operations_observed"] = int(observed)
     text += (

@@ -71,6 +71,7 @@ def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path
     results = run_bench(
         pg_server, tmp_path, "instrumentation",
         "--sessions", "2,3", "--rounds", "1", "--messages", "300", *TINY,
+        "--sample-ratio", "1", "--processor", "simple",
     )  # fmt: skip
     check_comparison(results, ("on", "off"))
     assert results["spans_exported"] > 0
