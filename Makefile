@@ -7,13 +7,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install test loadtest lint check clean
+.PHONY: help install test loadtest lint check clean gate gate-baseline
 
 help:
 	@echo "make loadtest   run the load test (100 users, ~1 min) and print the p95 verdict"
 	@echo "make test       run all tests against a real PostgreSQL (embedded if none given)"
 	@echo "make lint       ruff and mypy --strict"
 	@echo "make check      lint + test"
+	@echo "make gate       latency gate: ~90 s paced load, ChatStore p95 / raw asyncpg p95 vs the baseline"
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -30,6 +31,12 @@ test: $(STAMP)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests run $(ARGS)
+
+gate: $(STAMP)
+	$(BIN)/python -m loadtests.gate check $(ARGS)
+
+gate-baseline: $(STAMP)
+	$(BIN)/python -m loadtests.gate update-baseline $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,235 @@
+"""Client CPU per operation, by deterministic proxies instead of a clock.
+
+Two proxies, each measured over one call of every ChatStore operation after a
+warm-up call (statement compiled, prepared on the connection, pool warm):
+
+* SQLAlchemy compilations: a cached ``Statement`` is compiled once per process;
+  a warmed-up call compiles nothing. Recompiling on every call costs hundreds
+  of microseconds (more than the whole driver round trip on loopback).
+* Python function calls made by ``schema`` and ``sqlalchemy`` code during the
+  call (``sys.setprofile``). asyncio's and asyncpg's internals are left out:
+  how often the event loop spins depends on when bytes arrive, which is timing,
+  not our code. The count is stable run to run and tracks client CPU closely
+  (each Python call costs on the order of 0.1 us to 1 us); a change that adds
+  work on the hot path (a transaction, result processing, an extra greenlet,
+  a per-call compile) adds tens to hundreds of calls.
+
+The committed budget is tests/gate/client_cost_budget.json. A count above
+``budget * (1 + tolerance)`` fails: the hot path got more expensive. A count
+below ``budget * (1 - tolerance)`` fails too, asking for the budget to be
+lowered, so the budget stays tight enough to catch the next regression.
+Regenerate with ``CHAT_STORAGE_WRITE_CLIENT_COST=1 pytest <this file>``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy.sql import compiler
+
+import schema
+from schema import ChatStore, create_engine
+from tests.conftest import MakeUser
+
+BUDGET_PATH = Path(__file__).resolve().parents[1] / "gate" / "client_cost_budget.json"
+_WATCHED = (
+    str(Path(schema.__file__).resolve().parent),
+    str(Path(sqlalchemy.__file__).resolve().parent),
+)
+
+Operation = Callable[[], Awaitable[object]]
+
+
+def load_budget() -> tuple[float, dict[str, dict[str, int]]]:
+    """(tolerance, operation -> {"calls": n, "compilations": n}) from the budget file."""
+    data = json.loads(BUDGET_PATH.read_text())
+    return float(data["tolerance"]), data["operations"]
+
+
+@contextmanager
+def count_compilations() -> Iterator[list[int]]:
+    """Counts every SQL compilation (any dialect, any statement) while open."""
+    counter = [0]
+    original = compiler.Compiled.__init__
+
+    def counting(self: compiler.Compiled, *args: Any, **kwargs: Any) -> None:
+        counter[0] += 1
+        original(self, *args, **kwargs)
+
+    compiler.Compiled.__init__ = counting  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        compiler.Compiled.__init__ = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def count_calls() -> Iterator[list[int]]:
+    """Counts Python function calls into schema/ and sqlalchemy/ code while open.
+
+    Greenlets share the thread's profile function, so the statement's greenlet
+    (checkout, fetch, checkin) is counted as well as the coroutine.
+    """
+    counter = [0]
+    cache: dict[str, bool] = {}
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event != "call":
+            return
+        filename = frame.f_code.co_filename
+        watched = cache.get(filename)
+        if watched is None:
+            watched = cache[filename] = filename.startswith(_WATCHED)
+        if watched:
+            counter[0] += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield counter
+    finally:
+        sys.setprofile(previous)
+
+
+async def measure(operation: Operation) -> dict[str, int]:
+    """Compilations and calls of one call of ``operation``, after a warm-up call."""
+    await operation()
+    # A cyclic collection during the call would run weakref callbacks of unrelated
+    # objects (ORM instance state cleanup) inside the measurement.
+    gc.collect()
+    gc.disable()
+    try:
+        with count_compilations() as compilations, count_calls() as calls:
+            await operation()
+    finally:
+        gc.enable()
+    return {"calls": calls[0], "compilations": compilations[0]}
+
+
+@pytest.fixture
+async def cost_store(database_url: str) -> AsyncIterator[ChatStore]:
+    """A ChatStore with one pooled connection, so every call takes the same path."""
+    engine = create_engine(database_url=database_url, pool_size=1, max_overflow=0)
+    try:
+        yield ChatStore(engine)
+    finally:
+        await engine.dispose()
+
+
+async def operations(store: ChatStore, user: str) -> dict[str, Operation]:
+    """Every ChatStore operation, arranged so each call does the same work every time."""
+    seed = await store.create_conversation(user)
+    for i in range(5):
+        await store.add_message(user, seed.id, "user", f"seed {i}")
+    for _ in range(3):
+        await store.create_conversation(user)
+    fixed_id = uuid.uuid4()
+    await store.add_message(user, seed.id, "assistant", "fixed", message_id=fixed_id)
+    history = await store.get_history(user, seed.id, limit=2)
+    listing = await store.list_conversations(user, limit=2)
+    assert history.next_cursor and listing.next_cursor
+    # Created beforehand (warm-up call, measured call) so the measured call deletes only.
+    doomed = [(await store.create_conversation(user)).id for _ in range(2)]
+
+    async def delete() -> None:
+        await store.delete_conversation(user, doomed.pop())
+
+    return {
+        "create_conversation": lambda: store.create_conversation(user),
+        "get_conversation": lambda: store.get_conversation(user, seed.id),
+        "list_conversations": lambda: store.list_conversations(user, limit=2),
+        "list_conversations_next_page": lambda: store.list_conversations(
+            user, limit=2, cursor=listing.next_cursor
+        ),
+        "add_message": lambda: store.add_message(user, seed.id, "user", "hello"),
+        "add_message_replay": lambda: store.add_message(
+            user, seed.id, "assistant", "fixed", message_id=fixed_id
+        ),
+        "get_history": lambda: store.get_history(user, seed.id, limit=2),
+        "get_history_next_page": lambda: store.get_history(
+            user, seed.id, limit=2, before=history.next_cursor
+        ),
+        "archive_conversation": lambda: store.archive_conversation(user, seed.id),
+        "restore_conversation": lambda: store.restore_conversation(user, seed.id),
+        "delete_conversation": delete,
+        "archive_inactive_conversations": lambda: store.archive_inactive_conversations(
+            idle_for=timedelta(days=3650)
+        ),
+    }
+
+
+def violations(
+    measured: dict[str, dict[str, int]], budget: dict[str, dict[str, int]], tolerance: float
+) -> list[str]:
+    """One line per operation whose cost left the budget's band."""
+    problems = []
+    for name, cost in measured.items():
+        allowed = budget[name]
+        if cost["compilations"] > allowed["compilations"]:
+            problems.append(
+                f"{name}: {cost['compilations']} SQL compilations per call "
+                f"(budget {allowed['compilations']}): a statement is recompiled on every call"
+            )
+        high = allowed["calls"] * (1 + tolerance)
+        low = allowed["calls"] * (1 - tolerance)
+        if cost["calls"] > high:
+            problems.append(
+                f"{name}: {cost['calls']} Python calls per call, budget {allowed['calls']} "
+                f"+{tolerance:.0%}: the hot path got more expensive"
+            )
+        elif cost["calls"] < low:
+            problems.append(
+                f"{name}: {cost['calls']} Python calls per call, budget {allowed['calls']} "
+                f"-{tolerance:.0%}: cheaper, lower the budget (see this module's docstring)"
+            )
+    return problems
+
+
+async def test_client_cost_per_operation_within_budget(
+    cost_store: ChatStore, make_user: MakeUser
+) -> None:
+    """Each warmed-up operation compiles nothing and makes its budgeted Python calls."""
+    ops = await operations(cost_store, await make_user())
+    measured = {name: await measure(op) for name, op in ops.items()}
+    print("\nclient cost per operation:", measured)
+    tolerance, budget = load_budget()
+    if os.environ.get("CHAT_STORAGE_WRITE_CLIENT_COST") == "1":
+        data = json.loads(BUDGET_PATH.read_text())
+        data["operations"] = measured
+        BUDGET_PATH.write_text(json.dumps(data, indent=2) + "\n")
+        budget = measured
+    assert set(measured) == set(budget)
+    assert not violations(measured, budget, tolerance)
+
+
+async def test_recompiling_statement_is_caught(
+    cost_store: ChatStore, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Statement that forgets its compiled SQL fails the budget (the guard can fail)."""
+    from schema.queries.base import Statement
+
+    original = Statement.compile
+
+    def uncached(self: Statement) -> tuple[str, tuple[str, ...]]:
+        self._sql = None
+        return original(self)
+
+    ops = await operations(cost_store, await make_user())
+    monkeypatch.setattr(Statement, "compile", uncached)
+    measured = {"get_history": await measure(ops["get_history"])}
+    tolerance, budget = load_budget()
+    problems = violations(measured, budget, tolerance)
+    assert any("recompiled" in p for p in problems), problems
+    assert any("more expensive" in p for p in problems), problems
