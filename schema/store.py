@@ -145,23 +145,9 @@ class ChatStore:
             if metrics is not None:
                 metrics.pool_wait.observe(time.perf_counter() - started)
 
-    async def _checkout_now(self) -> tuple[Any, Any] | None:
-        """A pooled connection without the greenlet, or None when taking one may
-        need I/O (connect, recycle, discard): the greenlet path does that."""
-        pool = self._engine.sync_engine.pool
-        if not isinstance(pool, FairAsyncQueuePool) or pool._pre_ping:
-            return None
-        started = time.perf_counter()
-        if pool.must_wait():
-            # Saturated: queue for a returned connection here, in plain asyncio,
-            # rather than inside the pool's greenlet-bridged wait.
-            try:
-                await pool.wait_turn()
-            except sa_exc.TimeoutError:
-                if self._metrics is not None:
-                    self._metrics.pool_timeouts.inc()
-                    self._metrics.pool_wait.observe(time.perf_counter() - started)
-                raise
+    def _take_ready(self, pool: FairAsyncQueuePool, started: float) -> tuple[Any, Any] | None:
+        """The next idle connection if taking it needs no I/O, else None (the
+        greenlet path then connects, recycles or discards)."""
         record = pool.idle_ready()
         if record is None:
             return None
@@ -173,17 +159,32 @@ class ChatStore:
             self._metrics.pool_wait.observe(time.perf_counter() - started)
         return fairy, driver
 
+    async def _wait_turn(self, pool: FairAsyncQueuePool, started: float) -> None:
+        # Saturated: queue for a returned connection in plain asyncio rather
+        # than inside the pool's greenlet-bridged wait.
+        try:
+            await pool.wait_turn()
+        except sa_exc.TimeoutError:
+            if self._metrics is not None:
+                self._metrics.pool_timeouts.inc()
+                self._metrics.pool_wait.observe(time.perf_counter() - started)
+            raise
+
     async def _query(self, driver: Any, sql: str, args: list[Any]) -> list[Any]:
         if not self._pooler:
             rows: list[Any] = await driver.fetch(sql, *args)
             return rows
+        return await self._query_in_transaction(driver, sql, args)
+
+    @staticmethod
+    async def _query_in_transaction(driver: Any, sql: str, args: list[Any]) -> list[Any]:
         # PgBouncer in transaction mode may hand each transaction to a different
         # server connection; asyncpg's prepare and execute are separate
         # exchanges, so they must share one explicit transaction.
         transaction = driver.transaction()
         await transaction.start()
         try:
-            rows = await driver.fetch(sql, *args)
+            rows: list[Any] = await driver.fetch(sql, *args)
         except BaseException:
             if not driver.is_closed():
                 await transaction.rollback()
@@ -218,17 +219,27 @@ class ChatStore:
             fairy.close()
 
     async def _fetch(self, sql: str, args: list[Any]) -> list[Any]:
-        lease = await self._checkout_now()
+        # Kept shallow on purpose: every await level is re-entered each time
+        # the task resumes (once per response, twice when the pool is saturated).
+        pool = self._engine.sync_engine.pool
+        if not isinstance(pool, FairAsyncQueuePool) or pool._pre_ping:
+            return await greenlet_spawn(self._fetch_in_greenlet, sql, args)
+        started = time.perf_counter()
+        if pool.must_wait():
+            await self._wait_turn(pool, started)
+        lease = self._take_ready(pool, started)
         if lease is None:
             return await greenlet_spawn(self._fetch_in_greenlet, sql, args)
         fairy, driver = lease
         try:
-            rows = await self._query(driver, sql, args)
+            if self._pooler:
+                rows = await self._query_in_transaction(driver, sql, args)
+            else:
+                rows = await driver.fetch(sql, *args)
         except BaseException as exc:
             await greenlet_spawn(self._release_after_error, fairy, driver, exc)
             raise
-        pool = self._engine.sync_engine.pool
-        if isinstance(pool, FairAsyncQueuePool) and pool.accepts_checkin(fairy):
+        if pool.accepts_checkin(fairy):
             fairy.close()
         else:
             await greenlet_spawn(fairy.close)
@@ -248,37 +259,24 @@ class ChatStore:
         return plan.finish(rows)
 
     async def _run(self, plan: Plan[R]) -> R:
-        if not self._traced():
-            return await self._observe(plan, None)
+        """Run ``plan``; record its latency, outcome and errors on metrics and span."""
         statement = plan.statement
+        name = statement.name
         # A child of the caller's current span, but not made current itself:
         # nothing runs under it that could open a child span (the statement goes
         # straight to the driver), and attaching and detaching the context was
         # half of the span's cost (7 us instead of 15 with an SDK installed).
-        span = self._tracer.start_span(
-            statement.name,
-            kind=SpanKind.CLIENT,
-            attributes=statement.span_attributes(),
-            record_exception=False,
-            set_status_on_exception=False,
+        span = (
+            self._tracer.start_span(
+                name,
+                kind=SpanKind.CLIENT,
+                attributes=statement.span_attributes(),
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            if self._traced()
+            else None
         )
-        try:
-            return await self._observe(plan, span)
-        finally:
-            span.end()
-
-    def _traced(self) -> bool:
-        # With no SDK installed (the global provider is still the API's proxy) a
-        # span is a no-op that still costs a context attach and detach per call,
-        # about a tenth of the operation's client CPU: skip it. Checked per call
-        # because the application may install its SDK after building the store.
-        if self._tracer_provider is not None:
-            return True
-        return not isinstance(trace.get_tracer_provider(), _NO_OP_PROVIDERS)
-
-    async def _observe(self, plan: Plan[R], span: trace.Span | None) -> R:
-        """Run ``plan``; record its latency, outcome and errors on metrics and ``span``."""
-        name = plan.statement.name
         metrics = self._metrics
         started = time.perf_counter()
         try:
@@ -296,6 +294,8 @@ class ChatStore:
         except BaseException as exc:
             error = exc if isinstance(exc, ChatStoreError) else error_for(exc)
             self._record_failure(name, span, started, error, exc)
+            if span is not None:
+                span.end()
             if error is None or error is exc:
                 raise
             raise error from exc
@@ -303,7 +303,18 @@ class ChatStore:
             metrics.operation_duration.labels(name, "ok").observe(
                 time.perf_counter() - started, exemplar=_exemplar(span)
             )
+        if span is not None:
+            span.end()
         return result
+
+    def _traced(self) -> bool:
+        # With no SDK installed (the global provider is still the API's proxy) a
+        # span is a no-op that still costs a context attach and detach per call,
+        # about a tenth of the operation's client CPU: skip it. Checked per call
+        # because the application may install its SDK after building the store.
+        if self._tracer_provider is not None:
+            return True
+        return not isinstance(trace.get_tracer_provider(), _NO_OP_PROVIDERS)
 
     def _record_failure(
         self,
