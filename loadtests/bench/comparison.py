@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loadtests.bench.backends import Backend
 from loadtests.bench.database import load_targets
 from loadtests.bench.interleave import interleave
+from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import table
 from loadtests.bench.sessions import APPEND, HISTORY, LIST, Texts
 from loadtests.bench.stats import Summary, fmt, ratio
@@ -124,3 +126,31 @@ async def compare(
         ]
     )
     return levels, text
+
+
+async def compare_pair(
+    url: str,
+    subject: Backend,
+    reference: Backend,
+    args: argparse.Namespace,
+    texts: Texts,
+    limits: Limits,
+    out: Path,
+) -> tuple[dict[str, Any], str]:
+    """Open both backends, :func:`compare` them (and profile both with
+    ``--profile``), close them; the results entries and the printed text."""
+    results: dict[str, Any] = {}
+    try:
+        await subject.open()
+        await reference.open()
+        results["levels"], text = await compare(url, subject, reference, args, texts, limits)
+        if args.profile:
+            sessions = max(int(s) for s in args.sessions.split(","))
+            note, results["profile_cpu_us_per_op"] = await profile_variants(
+                [subject, reference], url, sessions, args, texts, out
+            )
+            text += "\n\n" + note
+    finally:
+        await subject.close()
+        await reference.close()
+    return results, text

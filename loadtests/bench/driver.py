@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench.backends import RawBackend, StoreBackend
-from loadtests.bench.comparison import Limits, add_common_arguments, compare, config
+from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
-from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import report_dir, write_report
 from loadtests.bench.sessions import Texts
 
@@ -36,19 +35,8 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     store = StoreBackend("store", url, pool_size=args.pool_size, max_overflow=args.max_overflow)
     raw = RawBackend("raw", url, connections=args.pool_size + args.max_overflow)
     results: dict[str, Any] = {"benchmark": "driver", "config": config(args)}
-    try:
-        await store.open()
-        await raw.open()
-        results["levels"], text = await compare(url, store, raw, args, texts, LIMITS)
-        if args.profile:
-            sessions = max(int(s) for s in args.sessions.split(","))
-            note, results["profile_cpu_us_per_op"] = await profile_variants(
-                [store, raw], url, sessions, args, texts, out
-            )
-            text += "\n\n" + note
-    finally:
-        await store.close()
-        await raw.close()
+    compared, text = await compare_pair(url, store, raw, args, texts, LIMITS, out)
+    results.update(compared)
     return results, text
 
 

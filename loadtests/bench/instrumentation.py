@@ -32,9 +32,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from prometheus_client import CollectorRegistry
 
 from loadtests.bench.backends import StoreBackend
-from loadtests.bench.comparison import Limits, add_common_arguments, compare, config
+from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
-from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import report_dir, write_report
 from loadtests.bench.sessions import Texts
 from schema import StoreMetrics
@@ -90,18 +89,9 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     off = StoreBackend("off", url, **pool)
     results: dict[str, Any] = {"benchmark": "instrumentation", "config": config(args)}
     try:
-        await on.open()
-        await off.open()
-        results["levels"], text = await compare(url, on, off, args, texts, LIMITS)
-        if args.profile:
-            sessions = max(int(s) for s in args.sessions.split(","))
-            note, results["profile_cpu_us_per_op"] = await profile_variants(
-                [on, off], url, sessions, args, texts, out
-            )
-            text += "\n\n" + note
+        compared, text = await compare_pair(url, on, off, args, texts, LIMITS, out)
+        results.update(compared)
     finally:
-        await on.close()
-        await off.close()
         provider.shutdown()  # flushes the batch processor: every sampled span is counted
     observed = sum(
         registry.get_sample_value(

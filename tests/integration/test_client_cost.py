@@ -27,10 +27,8 @@ import gc
 import json
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,14 +40,13 @@ from sqlalchemy.sql import compiler
 import schema
 from schema import ChatStore, create_engine
 from tests.conftest import MakeUser
+from tests.store_operations import Operation, every_operation
 
 BUDGET_PATH = Path(__file__).resolve().parents[1] / "gate" / "client_cost_budget.json"
 _WATCHED = (
     str(Path(schema.__file__).resolve().parent),
     str(Path(sqlalchemy.__file__).resolve().parent),
 )
-
-Operation = Callable[[], Awaitable[object]]
 
 
 def load_budget() -> tuple[float, dict[str, dict[str, int]]]:
@@ -128,48 +125,6 @@ async def cost_store(database_url: str) -> AsyncIterator[ChatStore]:
         await engine.dispose()
 
 
-async def operations(store: ChatStore, user: str) -> dict[str, Operation]:
-    """Every ChatStore operation, arranged so each call does the same work every time."""
-    seed = await store.create_conversation(user)
-    for i in range(5):
-        await store.add_message(user, seed.id, "user", f"seed {i}")
-    for _ in range(3):
-        await store.create_conversation(user)
-    fixed_id = uuid.uuid4()
-    await store.add_message(user, seed.id, "assistant", "fixed", message_id=fixed_id)
-    history = await store.get_history(user, seed.id, limit=2)
-    listing = await store.list_conversations(user, limit=2)
-    assert history.next_cursor and listing.next_cursor
-    # Created beforehand (warm-up call, measured call) so the measured call deletes only.
-    doomed = [(await store.create_conversation(user)).id for _ in range(2)]
-
-    async def delete() -> None:
-        await store.delete_conversation(user, doomed.pop())
-
-    return {
-        "create_conversation": lambda: store.create_conversation(user),
-        "get_conversation": lambda: store.get_conversation(user, seed.id),
-        "list_conversations": lambda: store.list_conversations(user, limit=2),
-        "list_conversations_next_page": lambda: store.list_conversations(
-            user, limit=2, cursor=listing.next_cursor
-        ),
-        "add_message": lambda: store.add_message(user, seed.id, "user", "hello"),
-        "add_message_replay": lambda: store.add_message(
-            user, seed.id, "assistant", "fixed", message_id=fixed_id
-        ),
-        "get_history": lambda: store.get_history(user, seed.id, limit=2),
-        "get_history_next_page": lambda: store.get_history(
-            user, seed.id, limit=2, before=history.next_cursor
-        ),
-        "archive_conversation": lambda: store.archive_conversation(user, seed.id),
-        "restore_conversation": lambda: store.restore_conversation(user, seed.id),
-        "delete_conversation": delete,
-        "archive_inactive_conversations": lambda: store.archive_inactive_conversations(
-            idle_for=timedelta(days=3650)
-        ),
-    }
-
-
 def violations(
     measured: dict[str, dict[str, int]], budget: dict[str, dict[str, int]], tolerance: float
 ) -> list[str]:
@@ -201,7 +156,7 @@ async def test_client_cost_per_operation_within_budget(
     cost_store: ChatStore, make_user: MakeUser
 ) -> None:
     """Each warmed-up operation compiles nothing and makes its budgeted Python calls."""
-    ops = await operations(cost_store, await make_user())
+    ops = await every_operation(cost_store, await make_user())
     measured = {name: await measure(op) for name, op in ops.items()}
     print("\nclient cost per operation:", measured)
     tolerance, budget = load_budget()
@@ -226,7 +181,7 @@ async def test_recompiling_statement_is_caught(
         self._sql = None
         return original(self)
 
-    ops = await operations(cost_store, await make_user())
+    ops = await every_operation(cost_store, await make_user())
     monkeypatch.setattr(Statement, "compile", uncached)
     measured = {"get_history": await measure(ops["get_history"])}
     tolerance, budget = load_budget()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from sqlalchemy.engine import make_url
 from schema import ChatStore, create_engine
 from tests.conftest import MakeUser
 from tests.pgproxy import CountingProxy
+from tests.store_operations import every_operation
 
 BUDGET = {
     k: v
@@ -46,44 +45,7 @@ async def test_every_operation_costs_one_round_trip(
     """In steady state each ChatStore operation sends one Execute and one Sync, no Parse."""
     store, proxy = proxied_store
     user = await make_user()
-    seed = await store.create_conversation(user)
-    for i in range(5):
-        await store.add_message(user, seed.id, "user", f"seed {i}")
-    for _ in range(3):
-        await store.create_conversation(user)
-    fixed_id = uuid.uuid4()
-    await store.add_message(user, seed.id, "assistant", "fixed", message_id=fixed_id)
-    history = await store.get_history(user, seed.id, limit=2)
-    listing = await store.list_conversations(user, limit=2)
-    assert history.next_cursor and listing.next_cursor
-
-    async def delete() -> None:
-        doomed = await store.create_conversation(user)
-        proxy.counts.reset()
-        await store.delete_conversation(user, doomed.id)
-
-    operations: dict[str, Callable[[], Awaitable[object]]] = {
-        "create_conversation": lambda: store.create_conversation(user),
-        "get_conversation": lambda: store.get_conversation(user, seed.id),
-        "list_conversations": lambda: store.list_conversations(user, limit=2),
-        "list_conversations_next_page": lambda: store.list_conversations(
-            user, limit=2, cursor=listing.next_cursor
-        ),
-        "add_message": lambda: store.add_message(user, seed.id, "user", "hello"),
-        "add_message_replay": lambda: store.add_message(
-            user, seed.id, "assistant", "fixed", message_id=fixed_id
-        ),
-        "get_history": lambda: store.get_history(user, seed.id, limit=2),
-        "get_history_next_page": lambda: store.get_history(
-            user, seed.id, limit=2, before=history.next_cursor
-        ),
-        "archive_conversation": lambda: store.archive_conversation(user, seed.id),
-        "restore_conversation": lambda: store.restore_conversation(user, seed.id),
-        "delete_conversation": delete,
-        "archive_inactive_conversations": lambda: store.archive_inactive_conversations(
-            idle_for=timedelta(days=3650)
-        ),
-    }
+    operations = await every_operation(store, user)
     assert set(operations) == set(BUDGET)
     measured: dict[str, tuple[int, int, int]] = {}
     for name, operation in operations.items():
