@@ -38,7 +38,7 @@ from .metrics import LATENCY_BUCKETS, StoreMetrics, observe_pool
 from .models import Base, Conversation, ConversationStatus, Message, MessageRole
 from .settings import Settings
 from .store import ChatStore
-from .tracing import get_tracer, instrument_statements
+from .tracing import StatementTracing, get_tracer, instrument_statements
 from .validation import (
     MAX_CONTENT_CHARS,
     MAX_HISTORY_PAGE,
@@ -83,6 +83,7 @@ __all__ = [
     "QueryTimeout",
     "SerializationFailure",
     "Settings",
+    "StatementTracing",
     "StoreMetrics",
     "TransientError",
     "UserNotFound",

@@ -109,6 +109,7 @@ class StoreMetrics:
             "Callers that gave up waiting for a connection after pool_timeout.",
             registry=registry,
         )
+        self._durations: dict[tuple[str, str], Histogram] = {}
         # In one process the pool gauges are read from the pools when scraped:
         # exact, and nothing on the checkout path (event listeners setting three
         # gauges on every checkout and checkin were the largest part of the
@@ -127,6 +128,19 @@ class StoreMetrics:
                 self.pool_connections.labels(state).set_function(
                     lambda read=read: self._pool_total(read)  # type: ignore[misc]
                 )
+
+    def duration(self, operation: str, outcome: str) -> Histogram:
+        """The ``operation_duration`` child for (operation, outcome).
+
+        Looked up once and kept: ``labels()`` builds and checks the label tuple
+        under a lock on every call, which was as much as the observation itself.
+        """
+        child = self._durations.get((operation, outcome))
+        if child is None:
+            child = self._durations[operation, outcome] = self.operation_duration.labels(
+                operation, outcome
+            )
+        return child
 
     def _pool_total(self, read: Callable[[QueuePool], int]) -> float:
         """``read`` summed over the current pools of the engines still alive."""

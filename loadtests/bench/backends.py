@@ -25,7 +25,7 @@ from schema import ChatStore, StoreMetrics, create_engine
 from schema.queries.base import Plan
 from schema.queries.conversations import plan_list_conversations
 from schema.queries.messages import plan_add_message, plan_get_history
-from schema.tracing import instrument_statements
+from schema.tracing import StatementTracing, instrument_statements
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,7 +69,7 @@ class StoreBackend:
         self.metrics = metrics
         self._tracer_provider = tracer_provider
         self._trace_statements = trace_statements
-        self._statement_tracer: Any = None
+        self._statement_tracer: StatementTracing | None = None
         self._store: ChatStore | None = None
 
     @property
@@ -105,7 +105,7 @@ class StoreBackend:
 
     async def close(self) -> None:
         if self._statement_tracer is not None:
-            self._statement_tracer.remove_all_event_listeners()
+            self._statement_tracer.remove()
         if self._store is not None:
             store, self._store = self._store, None
             await store.engine.dispose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -217,7 +219,7 @@ async def test_statement_spans_are_children_of_the_callers_span(
             for s in statements
         )
     finally:
-        tracer.remove_all_event_listeners()
+        tracer.remove()
         await engine.dispose()
 
 
@@ -246,7 +248,7 @@ async def test_query_function_gets_one_statement_span(
             await queries.list_conversations(conn, user_id=user_id)
         assert len(exporter.get_finished_spans()) == 1
     finally:
-        tracer.remove_all_event_listeners()
+        tracer.remove()
         await engine.dispose()
 
 
@@ -304,3 +306,45 @@ async def test_cancelled_calls_leave_no_connection_checked_out(
             await task
     assert sample(registry, "chat_storage_pool_connections", state="checked_out") == 0
     assert (await store.get_conversation(user_id, conversation.id)).id == conversation.id
+
+
+GLOBAL_SDK_SCRIPT = """
+import asyncio, sys, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from schema import ChatStore, create_engine
+
+async def main(url, user):
+    store = ChatStore(create_engine(database_url=url, pool_size=1))
+    await store.list_conversations(user)  # no SDK yet: nothing to record it
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    deadline = time.monotonic() + 10
+    while not exporter.get_finished_spans() and time.monotonic() < deadline:
+        await store.list_conversations(user)
+        await asyncio.sleep(0.05)
+    print(sorted({s.name for s in exporter.get_finished_spans()}))
+    await store.engine.dispose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_global_sdk_installed_after_the_store_is_picked_up(store_url: str, user_id: str) -> None:
+    """A store built before the application installs its global SDK starts
+    tracing once it is installed (looked up again at most once a second).
+
+    In a subprocess: the global provider can be set only once per process.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_SDK_SCRIPT, store_url, user_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['list_conversations']"
