@@ -20,6 +20,7 @@ two different server connections (four round trips instead of one).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from datetime import timedelta
@@ -32,6 +33,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util.queue import Empty
 
 from .cursor import Page
 from .engine import engine_pooler_mode
@@ -94,7 +96,8 @@ class ChatStore:
         self._engine = engine
         self._metrics = metrics
         self._tracer = get_tracer(tracer_provider)
-        self._tracer_provider = tracer_provider
+        self._sdk_installed = tracer_provider is not None
+        self._sdk_checked_until = -math.inf
         self._pooler = engine_pooler_mode(engine) if pooler_mode is None else pooler_mode
         pool = engine.sync_engine.pool
         size = pool.size() if isinstance(pool, QueuePool) else 1
@@ -111,19 +114,21 @@ class ChatStore:
     # -- the one path every operation takes -------------------------------------------
 
     # SQLAlchemy's pool is synchronous code that may need to await (a new
-    # connection, a recycle, a wait for a free connection, closing an overflow
-    # connection); SQLAlchemy bridges that with a greenlet (await_only()). The
-    # common case needs none of it: an idle, live, unexpired connection is
-    # queued, and the checkin will hand it to a waiter or queue it. That case is
-    # checked out and returned synchronously and the statement awaited directly;
-    # every other case runs checkout, statement and checkin inside one greenlet.
-    # The greenlet alone was about a sixth of the operation's client CPU.
+    # connection, a recycle, closing an overflow connection); SQLAlchemy bridges
+    # that with a greenlet (await_only()), and wraps each checkout in a fairy
+    # that fires the checkout, reset and checkin events. The common case needs
+    # none of it: a ready idle connection is lent straight off the pool's queue
+    # (or, when the pool is saturated, handed over to this caller while it waits
+    # in plain asyncio), the statement is awaited on the driver, and the
+    # connection goes back onto the queue or to the next waiter. Everything
+    # else (connecting, recycling, closing overflow, an event listener or
+    # pre-ping on the pool) runs checkout, statement and checkin inside one
+    # greenlet, through pool.connect().
 
-    def _checkout(self) -> tuple[Any, Any]:
+    def _checkout(self, started: float) -> tuple[Any, Any]:
         """A pooled connection (fairy) and its asyncpg connection, skipping dead ones."""
         pool = self._engine.sync_engine.pool
         metrics = self._metrics
-        started = time.perf_counter()
         try:
             for _ in range(self._checkout_attempts):
                 fairy = pool.connect()
@@ -144,31 +149,6 @@ class ChatStore:
         finally:
             if metrics is not None:
                 metrics.pool_wait.observe(time.perf_counter() - started)
-
-    def _take_ready(self, pool: FairAsyncQueuePool, started: float) -> tuple[Any, Any] | None:
-        """The next idle connection if taking it needs no I/O, else None (the
-        greenlet path then connects, recycles or discards)."""
-        record = pool.idle_ready()
-        if record is None:
-            return None
-        driver = record.driver_connection
-        if driver is None or driver.is_closed():
-            return None  # the greenlet path takes it and discards it
-        fairy = pool.connect()  # synchronous: the record needs no I/O
-        if self._metrics is not None:
-            self._metrics.pool_wait.observe(time.perf_counter() - started)
-        return fairy, driver
-
-    async def _wait_turn(self, pool: FairAsyncQueuePool, started: float) -> None:
-        # Saturated: queue for a returned connection in plain asyncio rather
-        # than inside the pool's greenlet-bridged wait.
-        try:
-            await pool.wait_turn()
-        except sa_exc.TimeoutError:
-            if self._metrics is not None:
-                self._metrics.pool_timeouts.inc()
-                self._metrics.pool_wait.observe(time.perf_counter() - started)
-            raise
 
     async def _query(self, driver: Any, sql: str, args: list[Any]) -> list[Any]:
         if not self._pooler:
@@ -193,56 +173,80 @@ class ChatStore:
         return rows
 
     @staticmethod
-    def _discard_if_broken(fairy: Any, driver: Any, exc: BaseException) -> None:
-        if getattr(exc, "sqlstate", None) is None or driver.is_closed():
-            # Cancelled, timed out or disconnected mid-statement: the
-            # connection's protocol state is unknown, so it must not go back to
-            # the pool. terminate() is synchronous and immediate.
-            driver.terminate()
-            fairy.invalidate()
+    def _broken(driver: Any, exc: BaseException) -> bool:
+        # Cancelled, timed out or disconnected mid-statement: the connection's
+        # protocol state is unknown, so it must not go back to the pool.
+        return getattr(exc, "sqlstate", None) is None or driver.is_closed()
 
-    def _fetch_in_greenlet(self, sql: str, args: list[Any]) -> list[Any]:
-        fairy, driver = self._checkout()
+    def _fetch_in_greenlet(self, sql: str, args: list[Any], started: float) -> list[Any]:
+        fairy, driver = self._checkout(started)
         try:
             rows: list[Any] = await_only(self._query(driver, sql, args))
             return rows
         except BaseException as exc:
-            self._discard_if_broken(fairy, driver, exc)
+            if self._broken(driver, exc):
+                driver.terminate()  # synchronous and immediate
+                fairy.invalidate()
             raise
         finally:
             fairy.close()
 
-    def _release_after_error(self, fairy: Any, driver: Any, exc: BaseException) -> None:
+    @classmethod
+    def _return_after_error(
+        cls, pool: FairAsyncQueuePool, record: Any, driver: Any, exc: BaseException
+    ) -> None:
         try:
-            self._discard_if_broken(fairy, driver, exc)
+            if cls._broken(driver, exc):
+                driver.terminate()
+                record.invalidate(e=exc)  # the next checkout reconnects
         finally:
-            fairy.close()
+            pool.return_record(record)
+
+    def _left_line(self, pool: FairAsyncQueuePool, waiter: Any, started: float) -> Exception | None:
+        """Clean up after a wait for a connection ended without one; the pool's
+        TimeoutError to raise instead when the wait timed out."""
+        pool.leave_line(waiter)
+        if not waiter.done() or waiter.cancelled() or not isinstance(waiter.exception(), Empty):
+            return None
+        if self._metrics is not None:
+            self._metrics.pool_timeouts.inc()
+            self._metrics.pool_wait.observe(time.perf_counter() - started)
+        return pool.timeout_error()
 
     async def _fetch(self, sql: str, args: list[Any]) -> list[Any]:
-        # Kept shallow on purpose: every await level is re-entered each time
-        # the task resumes (once per response, twice when the pool is saturated).
+        # Kept flat on purpose: every await level is re-entered each time the
+        # task resumes (once per response, twice when the pool is saturated).
         pool = self._engine.sync_engine.pool
-        if not isinstance(pool, FairAsyncQueuePool) or pool._pre_ping:
-            return await greenlet_spawn(self._fetch_in_greenlet, sql, args)
         started = time.perf_counter()
+        if not isinstance(pool, FairAsyncQueuePool):
+            return await greenlet_spawn(self._fetch_in_greenlet, sql, args, started)
         if pool.must_wait():
-            await self._wait_turn(pool, started)
-        lease = self._take_ready(pool, started)
-        if lease is None:
-            return await greenlet_spawn(self._fetch_in_greenlet, sql, args)
-        fairy, driver = lease
+            waiter = pool.join_line()
+            try:
+                record = await waiter
+            except BaseException:
+                timeout = self._left_line(pool, waiter, started)
+                if timeout is not None:
+                    raise timeout from None
+                raise
+            record = pool.lend_handed(record)
+        else:
+            record = pool.lend()
+        if record is None:
+            return await greenlet_spawn(self._fetch_in_greenlet, sql, args, started)
+        if self._metrics is not None:
+            self._metrics.pool_wait.observe(time.perf_counter() - started)
+        driver = record.driver_connection
         try:
             if self._pooler:
                 rows = await self._query_in_transaction(driver, sql, args)
             else:
                 rows = await driver.fetch(sql, *args)
         except BaseException as exc:
-            await greenlet_spawn(self._release_after_error, fairy, driver, exc)
+            await greenlet_spawn(self._return_after_error, pool, record, driver, exc)
             raise
-        if pool.accepts_checkin(fairy):
-            fairy.close()
-        else:
-            await greenlet_spawn(fairy.close)
+        if not pool.give_back(record):
+            await greenlet_spawn(pool.return_record, record)
         return rows
 
     async def _execute(self, plan: Plan[R]) -> R:
@@ -266,6 +270,7 @@ class ChatStore:
         # nothing runs under it that could open a child span (the statement goes
         # straight to the driver), and attaching and detaching the context was
         # half of the span's cost (7 us instead of 15 with an SDK installed).
+        started = time.perf_counter()
         span = (
             self._tracer.start_span(
                 name,
@@ -274,11 +279,10 @@ class ChatStore:
                 record_exception=False,
                 set_status_on_exception=False,
             )
-            if self._traced()
+            if self._traced(started)
             else None
         )
         metrics = self._metrics
-        started = time.perf_counter()
         try:
             try:
                 result = await self._execute(plan)
@@ -300,21 +304,27 @@ class ChatStore:
                 raise
             raise error from exc
         if metrics is not None:
-            metrics.operation_duration.labels(name, "ok").observe(
+            metrics.duration(name, "ok").observe(
                 time.perf_counter() - started, exemplar=_exemplar(span)
             )
         if span is not None:
             span.end()
         return result
 
-    def _traced(self) -> bool:
+    def _traced(self, now: float) -> bool:
         # With no SDK installed (the global provider is still the API's proxy) a
-        # span is a no-op that still costs a context attach and detach per call,
-        # about a tenth of the operation's client CPU: skip it. Checked per call
-        # because the application may install its SDK after building the store.
-        if self._tracer_provider is not None:
+        # span is a no-op that still costs several microseconds: skip it. The
+        # global provider can be set only once, so an SDK once seen is final;
+        # until then the lookup (which reads os.environ, about 1 us) is repeated
+        # at most once a second: an SDK installed after the store was built
+        # gets spans within a second.
+        if self._sdk_installed:
             return True
-        return not isinstance(trace.get_tracer_provider(), _NO_OP_PROVIDERS)
+        if now < self._sdk_checked_until:
+            return False
+        self._sdk_checked_until = now + 1.0
+        self._sdk_installed = not isinstance(trace.get_tracer_provider(), _NO_OP_PROVIDERS)
+        return self._sdk_installed
 
     def _record_failure(
         self,
@@ -333,7 +343,7 @@ class ChatStore:
                 span.set_attribute("db.response.status_code", sqlstate)
         metrics = self._metrics
         if metrics is not None:
-            metrics.operation_duration.labels(name, "error").observe(
+            metrics.duration(name, "error").observe(
                 time.perf_counter() - started, exemplar=_exemplar(span)
             )
             metrics.errors.labels(name, error_type).inc()

@@ -17,12 +17,14 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sqlalchemy.util import greenlet_spawn
 
 from schema import StoreMetrics, create_engine
 from schema.metrics import observe_pool
+from schema.pool import FairAsyncQueuePool
 from schema.queries.messages import plan_add_message
 from schema.tracing import get_tracer, instrument_statements
 
@@ -48,15 +50,16 @@ async def _per_greenlet_us(fn: Callable[[], Any], n: int) -> float:
 
 def _span_cost(tracer: trace.Tracer, attributes: dict[str, str], n: int) -> float:
     def one() -> None:
-        # As ChatStore._run opens it.
-        with tracer.start_as_current_span(
+        # As ChatStore._run opens it: started, not made current, ended.
+        span = tracer.start_span(
             "add_message",
             kind=SpanKind.CLIENT,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            span.get_span_context()
+        )
+        span.get_span_context()
+        span.end()
 
     return _per_call_us(one, n)
 
@@ -66,6 +69,8 @@ async def layer_costs(url: str, n: int = 5000) -> dict[str, float]:
     costs: dict[str, float] = {}
     engine = create_engine(database_url=url, pool_size=1, max_overflow=0)
     pool = engine.sync_engine.pool
+    if not isinstance(pool, FairAsyncQueuePool):
+        raise TypeError("create_engine() gives a FairAsyncQueuePool")
     async with engine.connect():
         pass  # one idle connection in the pool
 
@@ -75,16 +80,30 @@ async def layer_costs(url: str, n: int = 5000) -> dict[str, float]:
         driver.is_closed()
         fairy.close()
 
+    def lend_give_back() -> None:
+        # ChatStore's path when nobody listens to pool events (schema/pool.py).
+        record = pool.lend()
+        if record is None or not pool.give_back(record):
+            raise RuntimeError("the idle connection was not lent directly")
+
     try:
         noop = await _per_greenlet_us(lambda: None, n)
         costs["greenlet_spawn per operation"] = noop
         plain = await _per_greenlet_us(checkout_checkin, n)
-        costs["pool checkout + checkin"] = plain - noop
+        costs["pool checkout + checkin (fairy)"] = plain - noop
+        costs["pool lend + give back (ChatStore, no listeners)"] = _per_call_us(lend_give_back, n)
         attributes = plan_add_message(
             user_id="u", conversation_id="00000000-0000-0000-0000-000000000000",
             role="user", content="x",
         ).statement.span_attributes()  # fmt: skip
-        costs["span, no-op tracer (default)"] = _span_cost(get_tracer(None), attributes, n)
+        costs["span, no-op tracer (ChatStore skips it)"] = _span_cost(
+            get_tracer(None), attributes, n
+        )
+        unsampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0)))
+        costs["span, SDK not sampled (99% of calls at 1%)"] = _span_cost(
+            get_tracer(unsampled), attributes, n
+        )
+        unsampled.shutdown()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(_Discard()))
         costs["span, SDK sampled + SimpleSpanProcessor"] = _span_cost(
@@ -92,7 +111,7 @@ async def layer_costs(url: str, n: int = 5000) -> dict[str, float]:
         )
         provider.shutdown()
         metrics = StoreMetrics(CollectorRegistry())
-        ok = metrics.operation_duration.labels("add_message", "ok")
+        ok = metrics.duration("add_message", "ok")
         exemplar = {"trace_id": "0" * 32, "span_id": "0" * 16}
 
         def observe() -> None:
@@ -107,8 +126,8 @@ async def layer_costs(url: str, n: int = 5000) -> dict[str, float]:
         try:
             both = await _per_greenlet_us(checkout_checkin, n)
         finally:
-            tracer.remove_all_event_listeners()
-        costs["instrument_statements pool listeners"] = both - gauges
+            tracer.remove()
+        costs["instrument_statements on checkout + checkin"] = both - gauges
     finally:
         await engine.dispose()
     return {k: round(v, 1) for k, v in costs.items()}
