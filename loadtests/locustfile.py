@@ -267,13 +267,23 @@ def _flush_samples(environment: Any) -> None:
         )
 
 
+_tracer_provider: Any = None
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
+    global _tracer_provider
     runner = environment.runner
     options = environment.parsed_options
     if options is None:
         return
     _serve_metrics(environment)
+    if not isinstance(runner, MasterRunner):
+        # Spans of this process's ChatStore operations, when OTEL_TRACES_EXPORTER
+        # asks for them (the stores use the global provider).
+        from loadtests.telemetry import configure_tracing
+
+        _tracer_provider = configure_tracing()
     if isinstance(runner, WorkerRunner):
         runner.register_message(
             "chat_reset_stats", lambda *_a, **_k: environment.runner.stats.reset_all()
@@ -345,3 +355,5 @@ def _on_quitting(environment: Any, **_: Any) -> None:
         except Exception as exc:
             print(f"closing the {backend.kind} backend: {exc!r}", flush=True)
     _backends.clear()
+    if _tracer_provider is not None:
+        _tracer_provider.shutdown()  # flushes the batch processors

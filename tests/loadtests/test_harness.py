@@ -21,6 +21,7 @@ import pytest
 
 from schema.devdb import ServerInfo, scratch_database
 from tests.app_schema import create_app_tables
+from tests.loadtests.collector import Collector, running_collector
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,9 +48,12 @@ class Run:
         return json.loads((self.report / "summary.json").read_text())  # type: ignore[no-any-return]
 
 
-def _run(database_url: str, reports: Path, *extra: str) -> Run:
+def _run(
+    database_url: str, reports: Path, *extra: str, env_extra: dict[str, str] | None = None
+) -> Run:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["DATABASE_URL"] = database_url
+    env.update(env_extra or {})
     proc = subprocess.run(
         [
             sys.executable,
@@ -81,11 +85,27 @@ def server_url(pg_server: ServerInfo) -> str:
 
 
 @pytest.fixture(scope="module")
-def short_run(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """One short run against a scratch database holding the application's tables."""
+def collector() -> Iterator[Collector]:
+    """Receives the short run's spans (OTLP/HTTP on loopback)."""
+    with running_collector() as received:
+        yield received
+
+
+@pytest.fixture(scope="module")
+def short_run(
+    server_url: str, tmp_path_factory: pytest.TempPathFactory, collector: Collector
+) -> Iterator[Run]:
+    """One short run against a scratch database holding the application's tables,
+    tracing every operation to ``collector`` (the OTEL_* variables a user would set)."""
+    otel = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
+        "OTEL_SERVICE_NAME": "chat-loadtest",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
     with scratch_database(server_url, prefix="loadtest_t") as url:
         asyncio.run(create_app_tables(url))
-        yield _run(url, tmp_path_factory.mktemp("reports"))
+        yield _run(url, tmp_path_factory.mktemp("reports"), env_extra=otel)
 
 
 async def _count(url: str, sql: str) -> int:
@@ -133,6 +153,13 @@ def test_summary_has_the_documented_fields(short_run: Run) -> None:
             "target_p95_ms",
             "pass",
         } <= set(op)
+
+
+def test_run_traces_operations_when_otel_asks(short_run: Run, collector: Collector) -> None:
+    """With OTEL_TRACES_EXPORTER=otlp every ChatStore operation's span reaches the endpoint."""
+    names = {name for _, name in collector.spans}
+    assert {"get_history", "add_message", "create_conversation"} <= names, names
+    assert {service for service, _ in collector.spans} == {"chat-loadtest"}
 
 
 def test_summary_verdict_is_pass(short_run: Run) -> None:
