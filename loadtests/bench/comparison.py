@@ -14,7 +14,7 @@ from loadtests.bench.interleave import interleave
 from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import table
 from loadtests.bench.sessions import APPEND, HISTORY, LIST, Texts
-from loadtests.bench.stats import Summary, fmt, ratio
+from loadtests.bench.stats import Summary, fmt, paired_ratios, percentile, ratio
 
 LATENCY_HEADERS = ("history p50/p95/p99 ms", "append p50/p95/p99 ms", "list p50/p95/p99 ms")
 
@@ -79,6 +79,7 @@ async def compare(
         ops_ratio = ratio(a.ops_per_second, b.ops_per_second)
         cpu_ratio = ratio(a.cpu_us_per_op, b.cpu_us_per_op)
         met = {"ops": ops_ratio >= limits.min_ops_ratio, "cpu": cpu_ratio <= limits.max_cpu_ratio}
+        pairs = paired_ratios(a.round_cpu_us, b.round_cpu_us)
         levels.append(
             {
                 "sessions": sessions,
@@ -86,6 +87,7 @@ async def compare(
                 "ratios": {
                     "ops_per_second": round(ops_ratio, 3),
                     "cpu_per_op": round(cpu_ratio, 3),
+                    "cpu_per_op_by_round": [round(r, 3) for r in pairs],
                 },
                 "targets_met": met,
             }
@@ -105,6 +107,7 @@ async def compare(
                 str(sessions),
                 fmt(ops_ratio, 3),
                 fmt(cpu_ratio, 3),
+                f"{fmt(percentile(pairs, 0.5), 3)} ({fmt(pairs[0], 2)}-{fmt(pairs[-1], 2)})",
                 "yes" if met["ops"] else "NO",
                 "yes" if met["cpu"] else "NO",
             ]
@@ -118,6 +121,7 @@ async def compare(
                     "sessions",
                     f"ops/s {pair}",
                     f"CPU/op {pair}",
+                    "per round: median (range)",
                     f">= {limits.min_ops_ratio}x ops",
                     f"<= {limits.max_cpu_ratio}x CPU",
                 ],

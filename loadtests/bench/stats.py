@@ -27,6 +27,7 @@ class Summary:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     round_rates: list[float] = field(default_factory=list)
+    round_cpu_us: list[float] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
 
     def add(self, rnd: Round) -> None:
@@ -34,6 +35,7 @@ class Summary:
         self.seconds += rnd.seconds
         self.cpu_seconds += rnd.cpu_seconds
         self.round_rates.append(rnd.ops / rnd.seconds if rnd.seconds else 0.0)
+        self.round_cpu_us.append(1e6 * rnd.cpu_seconds / rnd.ops if rnd.ops else math.nan)
         for op, values in rnd.latencies.items():
             self.latencies[op].extend(values)
 
@@ -57,6 +59,7 @@ class Summary:
             "ops_per_second": round(self.ops_per_second, 1),
             "cpu_us_per_op": round(self.cpu_us_per_op, 1),
             "round_ops_per_second": [round(r, 1) for r in self.round_rates],
+            "round_cpu_us_per_op": [round(c, 1) for c in self.round_cpu_us],
             "latency_ms": {
                 op: {"count": len(self.latencies[op]), **_rounded(self.quantiles_ms(op))}
                 for op in OPERATIONS
@@ -66,6 +69,12 @@ class Summary:
 
 def _rounded(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if math.isnan(v) else round(v, 3)) for k, v in values.items()}
+
+
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Round-by-round ratios of two interleaved variants (round i of each ran
+    back to back), sorted: their spread shows how much of a total ratio is noise."""
+    return sorted(ratio(x, y) for x, y in zip(a, b, strict=True))
 
 
 def ratio(a: float, b: float) -> float:
