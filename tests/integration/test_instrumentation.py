@@ -9,9 +9,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -348,3 +351,35 @@ def test_global_sdk_installed_after_the_store_is_picked_up(store_url: str, user_
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['list_conversations']"
+
+
+def _caller(sampled: bool) -> trace.Span:
+    """A caller's span as it arrives from another service (a remote parent)."""
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return NonRecordingSpan(
+        SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=flags)
+    )
+
+
+async def test_no_span_under_an_unsampled_caller(
+    engine: AsyncEngine, spans: tuple[TracerProvider, InMemorySpanExporter], user_id: str
+) -> None:
+    """Under a caller's unsampled span no operation span is started; under a
+    sampled one it is a child of the caller's; opting in traces both."""
+    provider, exporter = spans
+    store = ChatStore(engine, tracer_provider=provider)
+    with trace.use_span(_caller(sampled=False)):
+        await store.list_conversations(user_id)
+    assert exporter.get_finished_spans() == ()
+    with trace.use_span(_caller(sampled=True)):
+        await store.list_conversations(user_id)
+    (child,) = exporter.get_finished_spans()
+    assert child.parent is not None and child.parent.span_id == 0x5678
+    # A sampler that records children of unsampled parents needs the opt-in.
+    always = TracerProvider(sampler=ALWAYS_ON)
+    always.add_span_processor(SimpleSpanProcessor(exporter))
+    eager = ChatStore(engine, tracer_provider=always, spans_under_unsampled_parents=True)
+    with trace.use_span(_caller(sampled=False)):
+        await eager.list_conversations(user_id)
+    always.shutdown()
+    assert len(exporter.get_finished_spans()) == 2
