@@ -10,6 +10,13 @@ instrumentation on the engine (``schema.tracing.instrument_statements``: the
 hot path bypasses SQLAlchemy's execute, but its pool listeners still run).
 Off: ``metrics=None`` and the default (no-op) global tracer.
 
+``--caller request`` (the default) runs every operation, in both variants, as
+a service does: inside the context of a request that arrived with a W3C
+``traceparent`` (a remote parent, sampled with ``--sample-ratio``), so the
+operation spans are children of the caller's trace. ``--caller root`` runs
+them with no caller span: each operation is a root span and the SDK's sampler
+decides for it (a background job's case).
+
 Target: at most 5% fewer operations per second and 5% more CPU per operation.
 """
 
@@ -17,10 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import uuid
 from collections.abc import Sequence
+from contextvars import Token
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -29,9 +41,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
-from loadtests.bench.backends import StoreBackend
+from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
 from loadtests.bench.report import report_dir, write_report
@@ -64,6 +77,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processor", choices=("batch", "simple"), default="batch", help="span processor (batch)"
     )
+    parser.add_argument(
+        "--caller",
+        choices=("request", "root"),
+        default="request",
+        help="operations inside a remote caller's trace (request) or as root spans (root)",
+    )
+
+    parser.add_argument(
+        "--a-a",
+        action="store_true",
+        help="A/A calibration: run 'off' against itself (the ratio is the machine's noise)",
+    )
+
+
+class InCallerTrace:
+    """A backend whose every operation runs inside a remote caller's trace context,
+    sampled with probability ``ratio`` (what a request's traceparent carries).
+
+    Wraps both variants alike, so the context switch costs them the same."""
+
+    def __init__(self, inner: StoreBackend, ratio: float) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._ratio = ratio
+        self._rng = random.Random(11)
+
+    def _enter(self) -> Token[Context]:
+        rng = self._rng
+        flags = TraceFlags.SAMPLED if rng.random() < self._ratio else TraceFlags.DEFAULT
+        caller = NonRecordingSpan(
+            SpanContext(
+                trace_id=rng.getrandbits(128) or 1,
+                span_id=rng.getrandbits(64) or 1,
+                is_remote=True,
+                trace_flags=TraceFlags(flags),
+            )
+        )
+        return context.attach(trace.set_span_in_context(caller))
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        token = self._enter()
+        try:
+            return await self.inner.history(user_id, conversation_id)
+        finally:
+            context.detach(token)
+
+    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+        token = self._enter()
+        try:
+            await self.inner.append(user_id, conversation_id, role, text)
+        finally:
+            context.detach(token)
+
+    async def listing(self, user_id: str) -> int:
+        token = self._enter()
+        try:
+            return await self.inner.listing(user_id)
+        finally:
+            context.detach(token)
 
 
 async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
@@ -78,18 +156,27 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     provider.add_span_processor(processor(exporter))
     registry = CollectorRegistry()
     pool = {"pool_size": args.pool_size, "max_overflow": args.max_overflow}
-    on = StoreBackend(
-        "on",
-        url,
-        **pool,
-        metrics=StoreMetrics(registry),
-        tracer_provider=provider,
-        trace_statements=True,
+    on = (
+        StoreBackend("off-again", url, **pool)
+        if args.a_a
+        else StoreBackend(
+            "on",
+            url,
+            **pool,
+            metrics=StoreMetrics(registry),
+            tracer_provider=provider,
+            trace_statements=True,
+        )
     )
     off = StoreBackend("off", url, **pool)
     results: dict[str, Any] = {"benchmark": "instrumentation", "config": config(args)}
+    subject: Backend = on
+    reference: Backend = off
+    if args.caller == "request":
+        subject = InCallerTrace(on, args.sample_ratio)
+        reference = InCallerTrace(off, args.sample_ratio)
     try:
-        compared, text = await compare_pair(url, on, off, args, texts, LIMITS, out)
+        compared, text = await compare_pair(url, subject, reference, args, texts, LIMITS, out)
         results.update(compared)
     finally:
         provider.shutdown()  # flushes the batch processor: every sampled span is counted
@@ -103,10 +190,12 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     # Proof that the "on" variant really recorded: every operation is a span and a sample.
     results["sample_ratio"] = args.sample_ratio
     results["processor"] = args.processor
+    results["caller"] = args.caller
     results["spans_exported"] = exporter.spans
     results["operations_observed"] = int(observed)
     text += (
-        f"\n\nspans exported (and dropped): {exporter.spans}; "
+        f"\n\ncaller: {args.caller}; sample ratio {args.sample_ratio}; "
+        f"spans exported (and dropped): {exporter.spans}; "
         f"operations observed by the histogram: {int(observed)}"
     )
     return results, text

@@ -62,7 +62,7 @@ def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -
     profile = results["profile_cpu_us_per_op"]
     assert set(profile) == {"store", "raw", "layers_us_per_call"}
     assert "sqlalchemy pool" in profile["store"]
-    assert "pool checkout + checkin" in profile["layers_us_per_call"]
+    assert "pool lend + give back (ChatStore, no listeners)" in profile["layers_us_per_call"]
     assert (next(tmp_path.glob("bench-driver-*")) / "profile.txt").stat().st_size > 0
 
 
