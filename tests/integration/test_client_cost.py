@@ -39,6 +39,7 @@ import pytest
 import sqlalchemy
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 from sqlalchemy.sql import compiler
 
@@ -222,18 +223,35 @@ async def instrumented_store(database_url: str) -> AsyncIterator[ChatStore]:
         await engine.dispose()
 
 
+def under_unsampled_caller(op: Operation) -> Operation:
+    """``op`` run inside a remote caller's unsampled trace (a request's traceparent)."""
+    caller = NonRecordingSpan(
+        SpanContext(trace_id=1, span_id=1, is_remote=True, trace_flags=TraceFlags(0))
+    )
+
+    async def call() -> object:
+        with opentelemetry.trace.use_span(caller):
+            return await op()
+
+    return call
+
+
 async def instrumentation_cost(
-    plain: ChatStore, instrumented: ChatStore, user: str
+    plain: ChatStore, instrumented: ChatStore, user: str, *, in_request: bool = False
 ) -> dict[str, dict[str, int]]:
     """Python calls the instrumentation adds per warmed-up call of each operation
-    (into schema/, sqlalchemy/, opentelemetry/ and prometheus_client/)."""
+    (into schema/, sqlalchemy/, opentelemetry/ and prometheus_client/), as a root
+    operation or (``in_request``) under a caller's unsampled span."""
     watched = _WATCHED + _INSTRUMENTATION
     plain_ops = await every_operation(plain, user)
     instrumented_ops = await every_operation(instrumented, user)
     added = {}
     for name, op in instrumented_ops.items():
+        reference = plain_ops[name]
+        if in_request:
+            op, reference = under_unsampled_caller(op), under_unsampled_caller(reference)
         on = await measure(op, watched)
-        off = await measure(plain_ops[name], watched)
+        off = await measure(reference, watched)
         added[name] = {
             "calls": on["calls"] - off["calls"],
             "compilations": on["compilations"],
@@ -250,8 +268,20 @@ async def test_instrumentation_cost_per_operation_within_budget(
     instrumentation): each added Python call costs about 0.1 us.
     """
     measured = await instrumentation_cost(cost_store, instrumented_store, await make_user())
-    print("\ncalls added by instrumentation per operation:", measured)
+    print("\ncalls added by instrumentation per root operation:", measured)
     assert not check_budget("instrumentation_added", measured)
+
+
+async def test_instrumentation_cost_under_an_unsampled_caller_within_budget(
+    cost_store: ChatStore, instrumented_store: ChatStore, make_user: MakeUser
+) -> None:
+    """Under a request's unsampled span (99% of requests at 1%) no span is asked
+    of the SDK: metrics and the sampled-flag check only."""
+    measured = await instrumentation_cost(
+        cost_store, instrumented_store, await make_user(), in_request=True
+    )
+    print("\ncalls added by instrumentation under an unsampled caller:", measured)
+    assert not check_budget("instrumentation_added_in_unsampled_request", measured)
 
 
 async def test_statement_pool_listeners_are_caught(
