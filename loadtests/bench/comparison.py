@@ -32,6 +32,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, sessions: str) -> N
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant and level (5)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per round (3)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant (1)")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        help="turns per second per session instead of a closed loop (equal offered load)",
+    )
+    parser.add_argument(
+        "--lead-in",
+        type=float,
+        default=0.5,
+        help="seconds of each round run before counting starts (0.5)",
+    )
     parser.add_argument("--messages", type=int, default=20_000, help="seeded messages (20000)")
     parser.add_argument("--pool-size", type=int, default=10, help="pool size (10)")
     parser.add_argument("--max-overflow", type=int, default=20, help="pool overflow (20)")
@@ -41,7 +53,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, sessions: str) -> N
 
 
 def config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("sessions", "rounds", "seconds", "warmup", "messages", "pool_size", "max_overflow")
+    keys = (
+        "sessions", "rounds", "seconds", "warmup", "lead_in", "pace", "messages", "pool_size",
+        "max_overflow",
+    )  # fmt: skip
     return {k: getattr(args, k) for k in keys}
 
 
@@ -74,6 +89,8 @@ async def compare(
             seconds=args.seconds,
             warmup=args.warmup,
             texts=texts,
+            lead_in=args.lead_in,
+            pace=args.pace,
         )
         a, b = summaries[subject.name], summaries[reference.name]
         ops_ratio = ratio(a.ops_per_second, b.ops_per_second)

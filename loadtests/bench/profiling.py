@@ -78,7 +78,7 @@ async def profile_variants(
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
         try:
-            rnd = await run_closed(backend, targets, args.seconds, texts)
+            rnd = await run_closed(backend, targets, args.seconds, texts, lead_in=args.lead_in)
         finally:
             profiler.disable()
         profiler.dump_stats(str(out / f"profile-{backend.name}.pstats"))

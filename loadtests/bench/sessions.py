@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ class Round:
     """What one backend did in one measured round."""
 
     ops: int = 0
+    #: perf_counter() from which finished operations count (the lead-in ends).
+    counts_from: float = 0.0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
@@ -54,54 +57,71 @@ class Texts:
 
 async def _turn(
     backend: Backend, target: Target, turn: int, texts: Texts, record: Round | None
-) -> int:
-    """One turn; returns the operations done (recorded into ``record`` if given)."""
-    ops = 0
+) -> None:
+    """One turn; each operation that ends inside ``record``'s window is counted."""
     clock = time.perf_counter
     user, conv = target.user_id, target.conversation_id
+
+    def done(op: str, started: float) -> None:
+        ended = clock()
+        if record is not None and ended >= record.counts_from:
+            record.latencies[op].append(ended - started)
+            record.ops += 1
+
     if turn % LIST_EVERY == 0:
         started = clock()
         await backend.listing(user)
-        if record is not None:
-            record.latencies[LIST].append(clock() - started)
-        ops += 1
+        done(LIST, started)
     started = clock()
     await backend.history(user, conv)
-    if record is not None:
-        record.latencies[HISTORY].append(clock() - started)
+    done(HISTORY, started)
     for role, pool in (("user", texts.user), ("assistant", texts.assistant)):
         started = clock()
         await backend.append(user, conv, role, pool[turn % len(pool)])
-        if record is not None:
-            record.latencies[APPEND].append(clock() - started)
-    return ops + 3
+        done(APPEND, started)
 
 
 async def run_closed(
-    backend: Backend, targets: Sequence[Target], seconds: float, texts: Texts
+    backend: Backend,
+    targets: Sequence[Target],
+    seconds: float,
+    texts: Texts,
+    *,
+    lead_in: float = 0.0,
 ) -> Round:
-    """Every session runs turns back to back until ``seconds`` have passed.
+    """Every session runs turns back to back for ``lead_in`` + ``seconds``; the
+    operations that finish after the lead-in are counted, and the CPU time and
+    duration from the lead-in's end until the last session finishes.
 
-    A session finishes the turn in flight, so a round ends when the last one
-    does; its duration and CPU time cover exactly the operations counted.
+    The lead-in keeps a round's start-up out of its figures: sessions starting
+    together, and the plan's pool reopening the overflow connections it closed
+    when the previous round ended (QueuePool keeps at most pool_size idle).
     """
     record = Round()
     rng = random.Random(len(targets))
     gc.collect()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    deadline = wall0 + seconds
+    deadline = time.perf_counter() + lead_in + seconds
+    marks: list[tuple[float, float]] = []  # (cpu, wall) when counting started
+
+    def begin() -> None:
+        # Counting and the CPU clock start at the same instant.
+        record.counts_from = time.perf_counter()
+        marks.append((time.process_time(), record.counts_from))
 
     async def session(target: Target) -> None:
         # Random start turn: the 10th-turn listings are spread, not synchronised.
         turn = rng.randrange(LIST_EVERY)
         while time.perf_counter() < deadline:
-            # Not ``record.ops += await ...``: that reads ops before the await and
-            # loses the other sessions' increments made meanwhile.
-            done = await _turn(backend, target, turn, texts, record)
-            record.ops += done
+            await _turn(backend, target, turn, texts, record)
             turn += 1
 
+    if lead_in > 0:
+        record.counts_from = math.inf
+        asyncio.get_running_loop().call_later(lead_in, begin)
+    else:
+        begin()
     await asyncio.gather(*(session(t) for t in targets))
+    cpu0, wall0 = marks[0]
     record.seconds = time.perf_counter() - wall0
     record.cpu_seconds = time.process_time() - cpu0
     return record
@@ -146,9 +166,7 @@ async def run_paced(
             measured = due >= measure_from
             if measured and not cpu0:
                 cpu0.append(time.process_time())
-            done = await _turn(backend, target, turn, texts, record if measured else None)
-            if measured:
-                record.ops += done
+            await _turn(backend, target, turn, texts, record if measured else None)
             turn += 1
             k += 1
 

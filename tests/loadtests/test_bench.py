@@ -57,6 +57,7 @@ def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -
     results = run_bench(
         pg_server, tmp_path, "driver",
         "--sessions", "2,3", "--rounds", "2", "--messages", "300", "--profile", *TINY,
+        "--lead-in", "0.1",
     )  # fmt: skip
     check_comparison(results, ("store", "raw"))
     profile = results["profile_cpu_us_per_op"]
@@ -71,7 +72,7 @@ def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path
     results = run_bench(
         pg_server, tmp_path, "instrumentation",
         "--sessions", "2,3", "--rounds", "1", "--messages", "300", *TINY,
-        "--sample-ratio", "1", "--processor", "simple",
+        "--sample-ratio", "1", "--processor", "simple", "--pace", "50", "--lead-in", "0.1",
     )  # fmt: skip
     check_comparison(results, ("on", "off"))
     assert results["spans_exported"] > 0
