@@ -37,10 +37,12 @@ def _exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     if name == "otlp":
-        protocol = os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        )
+        # An empty variable counts as unset (the specification's rule).
+        protocol = (
+            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+            or "http/protobuf"
+        ).lower()
         if protocol not in _OTLP_PROTOCOLS:
             raise ValueError(
                 f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: only http/protobuf is installed "

@@ -136,7 +136,11 @@ class FairQueue(Generic[T]):
         arrived: give it to the next caller rather than lose a connection
         (queued even past maxsize: it is already counted by the pool).
         """
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+        if not waiter.done():
+            # Left without being cancelled (its task was closed, not cancelled):
+            # make sure no item is handed to it later.
+            waiter.cancel()
+        elif not waiter.cancelled() and waiter.exception() is None:
             item = waiter.result()
             if not self._hand_over(item):
                 self._items.append(item)

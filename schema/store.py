@@ -31,7 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.util import await_only, greenlet_spawn
 from sqlalchemy.util.queue import Empty
 
@@ -131,9 +131,12 @@ class ChatStore:
     # pre-ping on the pool) runs checkout, statement and checkin inside one
     # greenlet, through pool.connect().
 
-    def _checkout(self, started: float) -> tuple[Any, Any]:
-        """A pooled connection (fairy) and its asyncpg connection, skipping dead ones."""
-        pool = self._engine.sync_engine.pool
+    def _checkout(self, pool: Pool, started: float) -> tuple[Any, Any]:
+        """A pooled connection (fairy) and its asyncpg connection, skipping dead ones.
+
+        ``pool`` is the one the caller may have waited in: after engine.dispose()
+        the engine has a new one, and a record handed over in the old one must be
+        taken from there."""
         metrics = self._metrics
         try:
             for _ in range(self._checkout_attempts):
@@ -184,8 +187,10 @@ class ChatStore:
         # protocol state is unknown, so it must not go back to the pool.
         return getattr(exc, "sqlstate", None) is None or driver.is_closed()
 
-    def _fetch_in_greenlet(self, sql: str, args: list[Any], started: float) -> list[Any]:
-        fairy, driver = self._checkout(started)
+    def _fetch_in_greenlet(
+        self, pool: Pool, sql: str, args: list[Any], started: float
+    ) -> list[Any]:
+        fairy, driver = self._checkout(pool, started)
         try:
             rows: list[Any] = await_only(self._query(driver, sql, args))
             return rows
@@ -208,11 +213,17 @@ class ChatStore:
         finally:
             pool.return_record(record)
 
-    def _left_line(self, pool: FairAsyncQueuePool, waiter: Any, started: float) -> Exception | None:
+    def _left_line(
+        self, pool: FairAsyncQueuePool, waiter: Any, started: float, exc: BaseException
+    ) -> Exception | None:
         """Clean up after a wait for a connection ended without one; the pool's
-        TimeoutError to raise instead when the wait timed out."""
+        TimeoutError to raise instead when the wait timed out.
+
+        Judged by the exception raised here, not by the waiter: a cancellation
+        that arrives after the deadline expired the waiter is still a
+        cancellation."""
         pool.leave_line(waiter)
-        if not waiter.done() or waiter.cancelled() or not isinstance(waiter.exception(), Empty):
+        if not isinstance(exc, Empty):
             return None
         if self._metrics is not None:
             self._metrics.pool_timeouts.inc()
@@ -225,13 +236,13 @@ class ChatStore:
         pool = self._engine.sync_engine.pool
         started = time.perf_counter()
         if not isinstance(pool, FairAsyncQueuePool):
-            return await greenlet_spawn(self._fetch_in_greenlet, sql, args, started)
+            return await greenlet_spawn(self._fetch_in_greenlet, pool, sql, args, started)
         if pool.must_wait():
             waiter = pool.join_line()
             try:
                 record = await waiter
-            except BaseException:
-                timeout = self._left_line(pool, waiter, started)
+            except BaseException as exc:
+                timeout = self._left_line(pool, waiter, started, exc)
                 if timeout is not None:
                     raise timeout from None
                 raise
@@ -239,7 +250,7 @@ class ChatStore:
         else:
             record = pool.lend()
         if record is None:
-            return await greenlet_spawn(self._fetch_in_greenlet, sql, args, started)
+            return await greenlet_spawn(self._fetch_in_greenlet, pool, sql, args, started)
         if self._metrics is not None:
             self._metrics.pool_wait.observe(time.perf_counter() - started)
         driver = record.driver_connection
@@ -260,11 +271,15 @@ class ChatStore:
         args = plan.args()
         try:
             rows = await self._fetch(sql, args)
-        except asyncpg.InternalClientError:
+        except asyncpg.InternalClientError as exc:
             # asyncpg refused to start the statement: the server had just
             # terminated this idle connection and its goodbye was read but the
             # socket not yet closed. Nothing was sent, so a fresh connection is
             # safe for every operation; the refused one has been discarded.
+            # Not its subclasses (ProtocolError, OutdatedSchemaCacheError): they
+            # can come after the statement was sent, and an append must not run twice.
+            if type(exc) is not asyncpg.InternalClientError:
+                raise
             rows = await self._fetch(sql, args)
         return plan.finish(rows)
 

@@ -47,7 +47,13 @@ class StatementTracing:
         return [identifier for _, identifier, _ in self._listeners]
 
     def remove(self) -> None:
-        """Detach this engine's statement listeners (and only this engine's)."""
+        """Detach this engine's statement listeners (and only this engine's).
+
+        Two of them are the instrumentation's module-level functions, which
+        SQLAlchemy registers once per engine: another EngineTracer (or
+        SQLAlchemyInstrumentor) on the same engine loses them too. Instrument
+        an engine once.
+        """
         listeners, self._listeners = self._listeners, []
         for target, identifier, fn in listeners:
             # Some listeners are the instrumentation's module-level functions, so

@@ -121,7 +121,8 @@ async def run_closed(
     else:
         begin()
     await asyncio.gather(*(session(t) for t in targets))
-    cpu0, wall0 = marks[0]
+    # No mark: the round ended before its lead-in did (nothing was counted).
+    cpu0, wall0 = marks[0] if marks else (time.process_time(), time.perf_counter())
     record.seconds = time.perf_counter() - wall0
     record.cpu_seconds = time.process_time() - cpu0
     return record

@@ -15,11 +15,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import base as pool_base
+from sqlalchemy.util.queue import Empty
 
-from schema import ChatStore, create_engine
+from schema import ChatStore, StoreMetrics, create_engine
 
 EngineFactory = Callable[..., AsyncEngine]
 
@@ -180,3 +182,31 @@ async def test_connection_past_pool_recycle_is_replaced(
     await asyncio.sleep(1.1)
     await store.list_conversations(user_id)
     assert pool._pool.peek().driver_connection.get_server_pid() != first
+
+
+async def test_cancellation_racing_the_pool_timeout_stays_a_cancellation(
+    make_engine: EngineFactory, database_url: str, user_id: str
+) -> None:
+    """A caller cancelled in the same turn as its wait expires gets CancelledError,
+    not PoolTimeout, and no timeout is counted."""
+    engine = make_engine(pool_size=1, max_overflow=0)
+    pool: Any = engine.sync_engine.pool
+    metrics = StoreMetrics(CollectorRegistry())
+    store = ChatStore(engine, metrics=metrics)
+    conversation = await store.create_conversation(user_id)
+    blocker = await locked(database_url, conversation.id)
+    try:
+        holder = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
+        await until(lambda: pool.checkedout() == 1)
+        in_line = asyncio.create_task(store.get_conversation(user_id, conversation.id))
+        await until(lambda: pool._pool.waiting() == 1)
+        pool._pool._waiters[0].set_exception(Empty())  # what the expiry timer does
+        in_line.cancel()  # before the waiting task runs again
+        with pytest.raises(asyncio.CancelledError):
+            await in_line
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    await holder
+    assert metrics.pool_timeouts._value.get() == 0
+    assert pool.checkedout() == 0
