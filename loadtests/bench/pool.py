@@ -38,7 +38,9 @@ CLIENT_BOUND_SHARE = 0.95
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", default="100,200,500", help="paced sessions (100,200,500)")
+    parser.add_argument(
+        "--sessions", default="100,200,500,1000", help="paced sessions (100,200,500,1000)"
+    )
     parser.add_argument("--pools", default="10+20,50+50", help="size+overflow list (10+20,50+50)")
     parser.add_argument("--rate", type=float, default=1.0, help="turns/s per session (1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds (10)")
