@@ -19,7 +19,7 @@ from typing import Any
 from loadtests.bench.backends import RawBackend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
-from loadtests.bench.report import report_dir, write_report
+from loadtests.bench.report import publish, report_dir
 from loadtests.bench.sessions import Texts
 
 LIMITS = Limits(min_ops_ratio=0.8, max_cpu_ratio=1.3)
@@ -44,7 +44,4 @@ def main(args: argparse.Namespace) -> int:
     out = report_dir("driver", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args, out))
-    write_report(out, results, text)
-    print(text)
-    print(f"\nreport: {out}")
-    return 0
+    return publish(out, results, text)

@@ -26,13 +26,12 @@ import argparse
 import asyncio
 import random
 import uuid
-from collections.abc import Sequence
-from contextvars import Token
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import context, trace
-from opentelemetry.context import Context
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -47,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
-from loadtests.bench.report import report_dir, write_report
+from loadtests.bench.report import publish, report_dir
 from loadtests.bench.sessions import Texts
 from schema import StoreMetrics
 
@@ -103,7 +102,8 @@ class InCallerTrace:
         self._ratio = ratio
         self._rng = random.Random(11)
 
-    def _enter(self) -> Token[Context]:
+    @contextmanager
+    def _in_caller_trace(self) -> Iterator[None]:
         rng = self._rng
         flags = TraceFlags.SAMPLED if rng.random() < self._ratio else TraceFlags.DEFAULT
         caller = NonRecordingSpan(
@@ -114,7 +114,8 @@ class InCallerTrace:
                 trace_flags=TraceFlags(flags),
             )
         )
-        return context.attach(trace.set_span_in_context(caller))
+        with trace.use_span(caller):
+            yield
 
     async def open(self) -> None:
         await self.inner.open()
@@ -123,25 +124,16 @@ class InCallerTrace:
         await self.inner.close()
 
     async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
-        token = self._enter()
-        try:
+        with self._in_caller_trace():
             return await self.inner.history(user_id, conversation_id)
-        finally:
-            context.detach(token)
 
     async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
-        token = self._enter()
-        try:
+        with self._in_caller_trace():
             await self.inner.append(user_id, conversation_id, role, text)
-        finally:
-            context.detach(token)
 
     async def listing(self, user_id: str) -> int:
-        token = self._enter()
-        try:
+        with self._in_caller_trace():
             return await self.inner.listing(user_id)
-        finally:
-            context.detach(token)
 
 
 async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
@@ -205,7 +197,4 @@ def main(args: argparse.Namespace) -> int:
     out = report_dir("instrumentation", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args, out))
-    write_report(out, results, text)
-    print(text)
-    print(f"\nreport: {out}")
-    return 0
+    return publish(out, results, text)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from loadtests.bench.backends import StoreBackend
 from loadtests.bench.database import bench_database, load_targets, seed_messages
 from loadtests.bench.proxy import delay_proxy
-from loadtests.bench.report import report_dir, table, write_report
+from loadtests.bench.report import publish, report_dir, table
 from loadtests.bench.sessions import OPERATIONS, Texts, run_paced
 from loadtests.bench.stats import Summary, fmt, percentile
 
@@ -156,7 +156,4 @@ def main(args: argparse.Namespace) -> int:
             parsed.host or "127.0.0.1", parsed.port or 5432, args.delay_ms / 1000
         ) as port:
             results, text = asyncio.run(measure(url, via(url, port), args))
-    write_report(out, results, text)
-    print(text)
-    print(f"\nreport: {out}")
-    return 0
+    return publish(out, results, text)

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from loadtests.bench.backends import StoreBackend
 from loadtests.bench.database import bench_database, load_targets, seed_messages, server_setting
-from loadtests.bench.report import report_dir, table, write_report
+from loadtests.bench.report import publish, report_dir, table
 from loadtests.bench.sessions import APPEND, HISTORY, LIST, OPERATIONS, Texts, run_paced
 from loadtests.bench.stats import fmt
 from schema import StoreMetrics
@@ -286,7 +286,4 @@ def main(args: argparse.Namespace) -> int:
     out = report_dir("pool", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args))
-    write_report(out, results, text)
-    print(text)
-    print(f"\nreport: {out}")
-    return 0
+    return publish(out, results, text)

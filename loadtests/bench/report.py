@@ -40,3 +40,11 @@ def write_report(directory: Path, results: dict[str, Any], text: str) -> None:
     """``results.json`` and ``table.md`` in ``directory``."""
     (directory / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (directory / "table.md").write_text(text + "\n")
+
+
+def publish(directory: Path, results: dict[str, Any], text: str) -> int:
+    """Write the report, print its table and where it went; the command's exit status."""
+    write_report(directory, results, text)
+    print(text)
+    print(f"\nreport: {directory}")
+    return 0

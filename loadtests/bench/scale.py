@@ -23,7 +23,7 @@ import asyncpg
 
 from loadtests.bench.backends import HISTORY_LIMIT, StoreBackend
 from loadtests.bench.database import Target, bench_database, seed_messages
-from loadtests.bench.report import report_dir, table, write_report
+from loadtests.bench.report import publish, report_dir, table
 from loadtests.bench.sessions import APPEND, HISTORY, Texts, run_paced
 from loadtests.bench.stats import Summary, fmt, ratio
 from schema.queries.messages import plan_get_history
@@ -171,7 +171,4 @@ def main(args: argparse.Namespace) -> int:
     out = report_dir("scale", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args))
-    write_report(out, results, text)
-    print(text)
-    print(f"\nreport: {out}")
-    return 0
+    return publish(out, results, text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -69,6 +70,27 @@ async def until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached in 5 s")
+
+
+@asynccontextmanager
+async def caller_in_line(
+    store: ChatStore, database_url: str, user_id: str, conversation_id: uuid.UUID
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """A pool of one connection, held by an append blocked on the conversation's row
+    lock, and a second caller waiting in line for it (yielded). The lock is released
+    on leaving; the append then completes."""
+    pool: Any = store.engine.sync_engine.pool
+    blocker = await locked(database_url, conversation_id)
+    try:
+        holder = asyncio.create_task(store.add_message(user_id, conversation_id, "user", "a"))
+        await until(lambda: pool.checkedout() == 1)
+        in_line = asyncio.create_task(store.get_conversation(user_id, conversation_id))
+        await until(lambda: pool._pool.waiting() == 1)
+        yield in_line
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    await holder
 
 
 async def test_idle_connection_is_lent_without_a_fairy(
@@ -152,19 +174,10 @@ async def test_caller_cancelled_in_line_loses_no_connection(
     pool: Any = engine.sync_engine.pool
     store = ChatStore(engine)
     conversation = await store.create_conversation(user_id)
-    blocker = await locked(database_url, conversation.id)
-    try:
-        holder = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
-        await until(lambda: pool.checkedout() == 1)
-        in_line = asyncio.create_task(store.get_conversation(user_id, conversation.id))
-        await until(lambda: pool._pool.waiting() == 1)
+    async with caller_in_line(store, database_url, user_id, conversation.id) as in_line:
         in_line.cancel()
         with pytest.raises(asyncio.CancelledError):
             await in_line
-    finally:
-        await blocker.execute("ROLLBACK")
-        await blocker.close()
-    await holder
     assert pool.checkedout() == 0 and pool._pool.waiting() == 0
     got = await asyncio.wait_for(store.get_conversation(user_id, conversation.id), timeout=5)
     assert got.id == conversation.id
@@ -194,19 +207,10 @@ async def test_cancellation_racing_the_pool_timeout_stays_a_cancellation(
     metrics = StoreMetrics(CollectorRegistry())
     store = ChatStore(engine, metrics=metrics)
     conversation = await store.create_conversation(user_id)
-    blocker = await locked(database_url, conversation.id)
-    try:
-        holder = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
-        await until(lambda: pool.checkedout() == 1)
-        in_line = asyncio.create_task(store.get_conversation(user_id, conversation.id))
-        await until(lambda: pool._pool.waiting() == 1)
+    async with caller_in_line(store, database_url, user_id, conversation.id) as in_line:
         pool._pool._waiters[0].set_exception(Empty())  # what the expiry timer does
         in_line.cancel()  # before the waiting task runs again
         with pytest.raises(asyncio.CancelledError):
             await in_line
-    finally:
-        await blocker.execute("ROLLBACK")
-        await blocker.close()
-    await holder
     assert metrics.pool_timeouts._value.get() == 0
     assert pool.checkedout() == 0
