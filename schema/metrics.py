@@ -5,19 +5,26 @@ you expose (default: the global one) and pass it to ``ChatStore``. Labels come
 from small fixed sets (operation names, outcomes, error class names), never
 from user ids, conversation ids or text.
 
+In one process the two histograms observed on every operation (its duration,
+its wait for a connection) are :class:`~schema.histogram.ShardedHistogram`:
+the same exposition as prometheus-client's ``Histogram`` without its two locks
+per observation (see histogram.py for the measurement).
+
 Under prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set,
-as with gunicorn workers or Locust's ``--processes``), histograms and counters
-aggregate across processes as usual and every pool gauge is declared
-``livesum``: each process reports its own pool, the exposition sums the live
-ones. Exemplars are not kept in multiprocess mode (a prometheus-client limit).
+as with gunicorn workers or Locust's ``--processes``) every family is the
+library's own: histograms and counters aggregate across processes as usual
+and every pool gauge is declared ``livesum``: each process reports its own
+pool, the exposition sums the live ones. Exemplars are not kept in
+multiprocess mode (a prometheus-client limit).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from sqlalchemy import event
@@ -25,7 +32,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-__all__ = ["LATENCY_BUCKETS", "POOL_WAIT_BUCKETS", "StoreMetrics", "observe_pool"]
+from .histogram import ShardedHistogram
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "POOL_WAIT_BUCKETS",
+    "HotSeries",
+    "Observer",
+    "StoreMetrics",
+    "observe_pool",
+]
+
+
+class Observer(Protocol):
+    """One histogram series: prometheus-client's child or a ShardedHistogram's."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None: ...
+
 
 #: Bucket edges in seconds. Exactly 0.05 and 0.1 (the plan's insert and history
 #: targets), so the share of requests under target is a bucket ratio, not an
@@ -49,7 +72,11 @@ class StoreMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         """Create and register every family on ``registry`` (None: unregistered)."""
-        self.operation_duration = Histogram(
+        # One process: values in memory, pool gauges read at scrape time, hot
+        # histograms without locks. Multiprocess mode: values in shared files.
+        self.single_process: Final = values.ValueClass is values.MutexValue
+        histogram = ShardedHistogram if self.single_process else Histogram
+        self.operation_duration: ShardedHistogram | Histogram = histogram(
             "chat_storage_operation_duration_seconds",
             "Duration of ChatStore operations, from call to result, pool wait included.",
             ["operation", "outcome"],
@@ -92,7 +119,7 @@ class StoreMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.pool_wait = Histogram(
+        self.pool_wait: ShardedHistogram | Histogram = histogram(
             "chat_storage_pool_wait_seconds",
             "Time a caller waited to get a connection from the pool (connecting included).",
             buckets=POOL_WAIT_BUCKETS,
@@ -109,15 +136,14 @@ class StoreMetrics:
             "Callers that gave up waiting for a connection after pool_timeout.",
             registry=registry,
         )
-        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._durations: dict[tuple[str, str], Observer] = {}
         # In one process the pool gauges are read from the pools when scraped:
         # exact, and nothing on the checkout path (event listeners setting three
         # gauges on every checkout and checkin were the largest part of the
         # metrics' cost). Multiprocess mode has no scrape-time callbacks (values
         # live in files), so there observe_pool keeps them current by events.
         self._engines: list[weakref.ref[Engine]] = []
-        self.scrape_time_pool_gauges: Final = values.ValueClass is values.MutexValue
-        if self.scrape_time_pool_gauges:
+        if self.single_process:
             self.pool_size.set_function(lambda: self._pool_total(QueuePool.size))
             self.pool_max_overflow.set_function(lambda: self._pool_total(_max_overflow))
             for state, read in (
@@ -129,17 +155,20 @@ class StoreMetrics:
                     lambda read=read: self._pool_total(read)  # type: ignore[misc]
                 )
 
-    def duration(self, operation: str, outcome: str) -> Histogram:
-        """The ``operation_duration`` child for (operation, outcome).
+    def duration(self, operation: str, outcome: str) -> Observer:
+        """The ``operation_duration`` series for (operation, outcome).
 
-        Looked up once and kept: ``labels()`` builds and checks the label tuple
-        under a lock on every call, which was as much as the observation itself.
+        A ShardedHistogram's ``labels()`` is already a per-thread dictionary
+        lookup. prometheus-client's builds and checks the label tuple under a
+        lock on every call (as much as the observation itself), so its children
+        are looked up once and kept.
         """
+        family = self.operation_duration
+        if isinstance(family, ShardedHistogram):
+            return family.labels(operation, outcome)
         child = self._durations.get((operation, outcome))
         if child is None:
-            child = self._durations[operation, outcome] = self.operation_duration.labels(
-                operation, outcome
-            )
+            child = self._durations[operation, outcome] = family.labels(operation, outcome)
         return child
 
     def _pool_total(self, read: Callable[[QueuePool], int]) -> float:
@@ -156,6 +185,35 @@ class StoreMetrics:
                 total += read(pool)
         self._engines = live
         return float(total)
+
+
+class HotSeries:
+    """The series one thread's operations observe into on every call, found once.
+
+    A ShardedHistogram keeps a series per thread, and finding the calling
+    thread's is a thread-local lookup; in a loaded process the two lookups per
+    operation cost about 1% of its CPU (the instrumentation benchmark, 10
+    sessions). A ChatStore's operations run on its engine's event loop, which
+    is one thread, so the store keeps these and compares thread ids instead
+    (and builds new ones when it finds itself on another thread).
+    """
+
+    __slots__ = ("metrics", "ok_durations", "pool_wait", "thread")
+
+    def __init__(self, metrics: StoreMetrics) -> None:
+        self.thread = threading.get_ident()
+        self.metrics = metrics
+        wait = metrics.pool_wait
+        self.pool_wait: Observer = wait.labels() if isinstance(wait, ShardedHistogram) else wait
+        #: operation name -> its ``outcome="ok"`` duration series (see :meth:`ok`).
+        self.ok_durations: dict[str, Observer] = {}
+
+    def ok(self, operation: str) -> Observer:
+        """The ``outcome="ok"`` duration series of ``operation`` (kept for next time)."""
+        observer = self.ok_durations.get(operation)
+        if observer is None:
+            observer = self.ok_durations[operation] = self.metrics.duration(operation, "ok")
+        return observer
 
 
 def _max_overflow(pool: QueuePool) -> int:
@@ -187,7 +245,7 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
 
     event.listen(sync_engine, "do_connect", before_connect)
     event.listen(sync_engine, "connect", after_connect)
-    if metrics.scrape_time_pool_gauges:
+    if metrics.single_process:
         metrics._engines.append(weakref.ref(sync_engine))
         return
     checked_out = metrics.pool_connections.labels("checked_out")

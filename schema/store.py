@@ -24,6 +24,7 @@ import math
 import time
 import uuid
 from datetime import timedelta
+from threading import get_ident
 from typing import Any, TypeVar
 
 import asyncpg
@@ -38,7 +39,7 @@ from sqlalchemy.util.queue import Empty
 from .cursor import Page
 from .engine import engine_pooler_mode
 from .errors import ChatStoreError, IdempotencyConflict, InvalidInput, error_for
-from .metrics import StoreMetrics, observe_pool
+from .metrics import HotSeries, StoreMetrics, observe_pool
 from .models import Conversation, ConversationStatus, Message, MessageRole
 from .pool import FairAsyncQueuePool
 from .queries.base import Plan, Statement
@@ -51,7 +52,7 @@ from .queries.conversations import (
     plan_set_status,
 )
 from .queries.messages import RetryAppend, plan_add_message, plan_get_history
-from .tracing import get_tracer
+from .tracing import get_tracer, under_unsampled_span
 
 __all__ = ["ChatStore"]
 
@@ -100,6 +101,8 @@ class ChatStore:
         """
         self._engine = engine
         self._metrics = metrics
+        # The series every operation observes, kept for the event loop's thread.
+        self._hot = HotSeries(metrics) if metrics is not None else None
         self._tracer = get_tracer(tracer_provider)
         self._sdk_installed = tracer_provider is not None
         self._spans_under_unsampled_parents = spans_under_unsampled_parents
@@ -251,8 +254,9 @@ class ChatStore:
             record = pool.lend()
         if record is None:
             return await greenlet_spawn(self._fetch_in_greenlet, pool, sql, args, started)
-        if self._metrics is not None:
-            self._metrics.pool_wait.observe(time.perf_counter() - started)
+        hot = self._hot  # checked for this thread by _run
+        if hot is not None:
+            hot.pool_wait.observe(time.perf_counter() - started)
         driver = record.driver_connection
         try:
             if self._pooler:
@@ -292,8 +296,13 @@ class ChatStore:
         # straight to the driver), and attaching and detaching the context was
         # half of the span's cost (7 us instead of 15 with an SDK installed).
         started = time.perf_counter()
-        span = self._start_span(statement) if self._traced(started) else None
-        metrics = self._metrics
+        traced = self._sdk_installed or self._traced(started)
+        span = self._start_span(statement) if traced else None
+        hot = self._hot
+        if hot is not None and hot.thread != get_ident():
+            # The engine's event loop runs in another thread than the last one
+            # (an engine cannot serve two loops at once): that thread's series.
+            hot = self._hot = HotSeries(hot.metrics)
         try:
             try:
                 result = await self._execute(plan)
@@ -314,9 +323,12 @@ class ChatStore:
             if error is None or error is exc:
                 raise
             raise error from exc
-        if metrics is not None:
-            metrics.duration(name, "ok").observe(
-                time.perf_counter() - started, exemplar=_exemplar(span)
+        if hot is not None:
+            observer = hot.ok_durations.get(name)
+            if observer is None:
+                observer = hot.ok(name)
+            observer.observe(
+                time.perf_counter() - started, None if span is None else _exemplar(span)
             )
         if span is not None:
             span.end()
@@ -328,10 +340,8 @@ class ChatStore:
         # anyway (ids, sampler, a non-recording span) measured 15-20 us per
         # operation under load, most of the instrumentation's cost. A root
         # operation (no caller span) still goes to the SDK's root sampler.
-        if not self._spans_under_unsampled_parents:
-            parent = trace.get_current_span().get_span_context()
-            if parent.is_valid and not parent.trace_flags.sampled:
-                return None
+        if not self._spans_under_unsampled_parents and under_unsampled_span():
+            return None
         return self._tracer.start_span(
             statement.name,
             kind=SpanKind.CLIENT,
@@ -373,7 +383,7 @@ class ChatStore:
         metrics = self._metrics
         if metrics is not None:
             metrics.duration(name, "error").observe(
-                time.perf_counter() - started, exemplar=_exemplar(span)
+                time.perf_counter() - started, None if span is None else _exemplar(span)
             )
             metrics.errors.labels(name, error_type).inc()
 
@@ -566,9 +576,7 @@ def plan_set_status_name(status: ConversationStatus) -> str:
     )
 
 
-def _exemplar(span: trace.Span | None) -> dict[str, str] | None:
-    if span is None:
-        return None
+def _exemplar(span: trace.Span) -> dict[str, str] | None:
     context = span.get_span_context()
     if not context.trace_flags.sampled:
         return None

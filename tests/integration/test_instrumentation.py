@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -383,3 +384,72 @@ async def test_no_span_under_an_unsampled_caller(
         await eager.list_conversations(user_id)
     always.shutdown()
     assert len(exporter.get_finished_spans()) == 2
+
+
+def test_unsampled_check_reads_the_context_as_the_api_does() -> None:
+    """The fast read of the current span (the API's private context key) gives
+    the public get_current_span()'s answer, and is the one in use."""
+    from opentelemetry import context
+
+    from schema import tracing
+
+    assert tracing._CURRENT_SPAN_KEY is not None, "the API moved its span key: fast path lost"
+    provider = TracerProvider()
+    recording = provider.get_tracer("test").start_span("caller")
+    cases = {
+        "no span": (None, False),
+        "unsampled caller": (_caller(sampled=False), True),
+        "sampled caller": (_caller(sampled=True), False),
+        "invalid span": (trace.INVALID_SPAN, False),
+        "recording SDK span": (recording, False),
+    }
+    for name, (span, expected) in cases.items():
+        ctx = context.Context() if span is None else trace.set_span_in_context(span)
+        token = context.attach(ctx)
+        try:
+            assert tracing.under_unsampled_span() is expected, name
+            assert tracing.under_unsampled_span(fast=False) is expected, name
+        finally:
+            context.detach(token)
+    recording.end()
+    provider.shutdown()
+
+
+def test_store_observes_into_the_series_of_the_thread_it_runs_on(
+    database_url: str, registry: CollectorRegistry, user_id: str
+) -> None:
+    """A store whose engine moves to another thread's event loop observes into
+    that thread's series; the counts add up across both."""
+    from schema.histogram import ShardedHistogram
+
+    metrics = StoreMetrics(registry)
+    engine = create_engine(database_url=database_url)
+    store = ChatStore(engine, metrics=metrics)
+    first_done, finished = threading.Event(), threading.Event()
+
+    async def one_call() -> None:
+        await store.list_conversations(user_id)
+        await engine.dispose()  # its connections belong to this thread's loop
+
+    def first() -> None:
+        asyncio.run(one_call())
+        first_done.set()
+        finished.wait()  # stays alive, so the second thread gets another id
+
+    def second() -> None:
+        asyncio.run(one_call())
+        finished.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_done.wait(timeout=30)
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=30)
+    labels = {"operation": "list_conversations", "outcome": "ok"}
+    assert sample(registry, "chat_storage_operation_duration_seconds_count", **labels) == 2
+    assert sample(registry, "chat_storage_pool_wait_seconds_count") == 2
+    family = metrics.operation_duration
+    assert isinstance(family, ShardedHistogram)
+    # One series per thread that observed: none was written by two threads.
+    assert len(family._series[("list_conversations", "ok")]) == 2
