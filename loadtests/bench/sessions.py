@@ -26,6 +26,8 @@ APPEND = "message_insert"
 LIST = "conversation_list"
 OPERATIONS = (HISTORY, APPEND, LIST)
 LIST_EVERY = 10
+#: Operations per turn on average: a history read, two appends, a listing every LIST_EVERY turns.
+OPS_PER_TURN = 3 + 1 / LIST_EVERY
 
 
 @dataclass

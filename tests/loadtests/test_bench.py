@@ -17,6 +17,7 @@ import pytest
 
 from loadtests.bench.backends import Handoff
 from loadtests.bench.cli import main
+from loadtests.bench.sessions import OPS_PER_TURN
 from loadtests.bench.stats import percentile
 from schema.devdb import ServerInfo
 
@@ -68,13 +69,23 @@ def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -
 
 
 def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path: Path) -> None:
-    """instrumentation: on/off ratios, and "on" made one span and one sample per operation."""
+    """instrumentation: on/off ratios in a closed loop and at equal load, and "on"
+    made one span and one sample per operation."""
     results = run_bench(
         pg_server, tmp_path, "instrumentation",
         "--sessions", "2,3", "--rounds", "1", "--messages", "300", *TINY,
-        "--sample-ratio", "1", "--processor", "simple", "--pace", "50", "--lead-in", "0.1",
+        "--sample-ratio", "1", "--processor", "simple", "--equal-load", "0.5", "--lead-in", "0.1",
     )  # fmt: skip
     check_comparison(results, ("on", "off"))
+    for level in results["levels"]:
+        equal = level["equal_load"]
+        # Paced at half the slower variant's closed-loop rate: both serve that load.
+        slower = min(v["ops_per_second"] for v in level["variants"].values())
+        expected = 0.5 * slower / level["sessions"] / OPS_PER_TURN
+        assert equal["pace_turns_per_session"] == pytest.approx(expected, abs=0.1)
+        for variant in equal["variants"].values():
+            assert variant["ops"] > 0
+        assert finite_positive(equal["cpu_per_op"])
     assert results["spans_exported"] > 0
     assert results["spans_exported"] == results["operations_observed"]
 
