@@ -17,10 +17,11 @@ operation spans are children of the caller's trace. ``--caller root`` runs
 them with no caller span: each operation is a root span and the SDK's sampler
 decides for it (a background job's case).
 
-Target: at most 5% fewer operations per second (closed loop) and 5% more CPU
-per operation, judged at equal offered load (``--equal-load``, default 0.7 of
-the slower variant's closed-loop throughput; see comparison.py for why the
-closed loop's CPU ratio overstates the added work; both are printed).
+Target: at most 5% fewer operations per second and 5% more CPU per operation,
+judged in the closed loop; CPU per operation is also judged at equal offered
+load (``--equal-load``, default 0.7 of the slower variant's closed-loop
+throughput: what a service below saturation pays). ``--busy-us`` replaces
+"on" with a known cost per operation, to see how each measurement reports it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -92,6 +94,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="A/A calibration: run 'off' against itself (the ratio is the machine's noise)",
     )
+    parser.add_argument(
+        "--busy-us",
+        type=float,
+        default=None,
+        metavar="US",
+        help="calibration: 'off' plus US microseconds of busy work per operation, against 'off'",
+    )
+
+
+class BusyWork:
+    """A backend that spins ``us`` microseconds of CPU after every operation:
+    a known cost, to see how each measurement reports it."""
+
+    def __init__(self, inner: Backend, us: float) -> None:
+        self.inner = inner
+        self.name = f"busy {us:g} us"
+        self._seconds = us / 1e6
+
+    def _spin(self) -> None:
+        clock = time.perf_counter
+        until = clock() + self._seconds
+        while clock() < until:
+            pass
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+        items = await self.inner.history(user_id, conversation_id)
+        self._spin()
+        return items
+
+    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+        await self.inner.append(user_id, conversation_id, role, text)
+        self._spin()
+
+    async def listing(self, user_id: str) -> int:
+        items = await self.inner.listing(user_id)
+        self._spin()
+        return items
 
 
 class InCallerTrace:
@@ -100,7 +145,7 @@ class InCallerTrace:
 
     Wraps both variants alike, so the context switch costs them the same."""
 
-    def __init__(self, inner: StoreBackend, ratio: float) -> None:
+    def __init__(self, inner: Backend, ratio: float) -> None:
         self.inner = inner
         self.name = inner.name
         self._ratio = ratio
@@ -152,10 +197,13 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     provider.add_span_processor(processor(exporter))
     registry = CollectorRegistry()
     pool = {"pool_size": args.pool_size, "max_overflow": args.max_overflow}
-    on = (
-        StoreBackend("off-again", url, **pool)
-        if args.a_a
-        else StoreBackend(
+    on: Backend
+    if args.busy_us is not None:
+        on = BusyWork(StoreBackend("off-busy", url, **pool), args.busy_us)
+    elif args.a_a:
+        on = StoreBackend("off-again", url, **pool)
+    else:
+        on = StoreBackend(
             "on",
             url,
             **pool,
@@ -163,7 +211,6 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
             tracer_provider=provider,
             trace_statements=True,
         )
-    )
     off = StoreBackend("off", url, **pool)
     results: dict[str, Any] = {"benchmark": "instrumentation", "config": config(args)}
     subject: Backend = on
