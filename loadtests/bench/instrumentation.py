@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class BusyWork:
-    """A backend that spins ``us`` microseconds of CPU after every operation:
-    a known cost, to see how each measurement reports it."""
+class AroundEach:
+    """A backend that runs each of ``inner``'s operations inside :meth:`around`."""
 
-    def __init__(self, inner: Backend, us: float) -> None:
+    def __init__(self, inner: Backend) -> None:
         self.inner = inner
-        self.name = f"busy {us:g} us"
-        self._seconds = us / 1e6
+        self.name = inner.name
 
-    def _spin(self) -> None:
-        clock = time.perf_counter
-        until = clock() + self._seconds
-        while clock() < until:
-            pass
+    def around(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
 
     async def open(self) -> None:
         await self.inner.open()
@@ -125,34 +120,49 @@ class BusyWork:
         await self.inner.close()
 
     async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
-        items = await self.inner.history(user_id, conversation_id)
-        self._spin()
-        return items
+        with self.around():
+            return await self.inner.history(user_id, conversation_id)
 
     async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
-        await self.inner.append(user_id, conversation_id, role, text)
-        self._spin()
+        with self.around():
+            await self.inner.append(user_id, conversation_id, role, text)
 
     async def listing(self, user_id: str) -> int:
-        items = await self.inner.listing(user_id)
-        self._spin()
-        return items
+        with self.around():
+            return await self.inner.listing(user_id)
 
 
-class InCallerTrace:
-    """A backend whose every operation runs inside a remote caller's trace context,
-    sampled with probability ``ratio`` (what a request's traceparent carries).
+class BusyWork(AroundEach):
+    """Spins ``us`` microseconds of CPU after every operation: a known cost, to
+    see how each measurement reports it."""
+
+    def __init__(self, inner: Backend, us: float) -> None:
+        super().__init__(inner)
+        self.name = f"busy {us:g} us"
+        self._seconds = us / 1e6
+
+    @contextmanager
+    def around(self) -> Iterator[None]:
+        yield
+        clock = time.perf_counter
+        until = clock() + self._seconds
+        while clock() < until:
+            pass
+
+
+class InCallerTrace(AroundEach):
+    """Every operation runs inside a remote caller's trace context, sampled with
+    probability ``ratio`` (what a request's traceparent carries).
 
     Wraps both variants alike, so the context switch costs them the same."""
 
     def __init__(self, inner: Backend, ratio: float) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._ratio = ratio
         self._rng = random.Random(11)
 
     @contextmanager
-    def _in_caller_trace(self) -> Iterator[None]:
+    def around(self) -> Iterator[None]:
         rng = self._rng
         flags = TraceFlags.SAMPLED if rng.random() < self._ratio else TraceFlags.DEFAULT
         caller = NonRecordingSpan(
@@ -165,24 +175,6 @@ class InCallerTrace:
         )
         with trace.use_span(caller):
             yield
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
-        with self._in_caller_trace():
-            return await self.inner.history(user_id, conversation_id)
-
-    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
-        with self._in_caller_trace():
-            await self.inner.append(user_id, conversation_id, role, text)
-
-    async def listing(self, user_id: str) -> int:
-        with self._in_caller_trace():
-            return await self.inner.listing(user_id)
 
 
 async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
