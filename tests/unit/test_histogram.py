@@ -3,10 +3,12 @@ across threads, with no lock on observe()."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from schema.histogram import ShardedHistogram
@@ -39,6 +41,22 @@ def test_samples_match_prometheus_clients_histogram() -> None:
     assert ours.get_sample_value("t_seconds_count", {"op": "a"}) == len(AMOUNTS)
     created = ours.get_sample_value("t_seconds_created", {"op": "a"})
     assert created is not None and created > 0
+
+
+def test_expositions_match_prometheus_clients_histogram() -> None:
+    """Text and OpenMetrics output, exemplars included, differ only in timestamps."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    sharded = ShardedHistogram("x_seconds", "doc", ["op"], buckets=BUCKETS, registry=ours)
+    reference = Histogram("x_seconds", "doc", ["op"], buckets=BUCKETS, registry=theirs)
+    for amount in AMOUNTS:
+        sharded.labels("a").observe(amount, {"trace_id": "ab"})
+        reference.labels("a").observe(amount, {"trace_id": "ab"})
+
+    def without_timestamps(text: bytes) -> str:
+        return re.sub(r"\b1\d{9}\.\d+|\b1\.\d+e\+09", "T", text.decode())
+
+    for generate in (generate_latest, generate_text):
+        assert without_timestamps(generate(ours)) == without_timestamps(generate(theirs))
 
 
 def test_unlabelled_family_observes_directly() -> None:
