@@ -296,7 +296,7 @@ class ChatStore:
         # straight to the driver), and attaching and detaching the context was
         # half of the span's cost (7 us instead of 15 with an SDK installed).
         started = time.perf_counter()
-        traced = self._sdk_installed or self._traced(started)
+        traced = self._sdk_installed or self._sdk_appeared(started)
         span = self._start_span(statement) if traced else None
         hot = self._hot
         if hot is not None and hot.thread != get_ident():
@@ -350,15 +350,14 @@ class ChatStore:
             set_status_on_exception=False,
         )
 
-    def _traced(self, now: float) -> bool:
+    def _sdk_appeared(self, now: float) -> bool:
+        # Called while no SDK has been seen (_run checks _sdk_installed first).
         # With no SDK installed (the global provider is still the API's proxy) a
         # span is a no-op that still costs several microseconds: skip it. The
         # global provider can be set only once, so an SDK once seen is final;
         # until then the lookup (which reads os.environ, about 1 us) is repeated
         # at most once a second: an SDK installed after the store was built
         # gets spans within a second.
-        if self._sdk_installed:
-            return True
         if now < self._sdk_checked_until:
             return False
         self._sdk_checked_until = now + 1.0
