@@ -296,8 +296,16 @@ class ChatStore:
         # straight to the driver), and attaching and detaching the context was
         # half of the span's cost (7 us instead of 15 with an SDK installed).
         started = time.perf_counter()
-        traced = self._sdk_installed or self._sdk_appeared(started)
-        span = self._start_span(statement) if traced else None
+        span = None
+        if (self._sdk_installed or self._sdk_appeared(started)) and (
+            # Under a caller's span that is not sampled (99% of requests at a 1%
+            # ratio), a parent-based sampler drops this span too; asking the SDK
+            # anyway (ids, sampler, a non-recording span) measured 15-20 us per
+            # operation under load. A root operation (no caller span) still goes
+            # to the SDK's root sampler.
+            self._spans_under_unsampled_parents or not under_unsampled_span()
+        ):
+            span = self._start_span(statement)
         hot = self._hot
         if hot is not None and hot.thread != get_ident():
             # The engine's event loop runs in another thread than the last one
@@ -334,14 +342,7 @@ class ChatStore:
             span.end()
         return result
 
-    def _start_span(self, statement: Statement) -> trace.Span | None:
-        # Under a caller's span that is not sampled (99% of requests at a 1%
-        # ratio), a parent-based sampler drops this span too; asking the SDK
-        # anyway (ids, sampler, a non-recording span) measured 15-20 us per
-        # operation under load, most of the instrumentation's cost. A root
-        # operation (no caller span) still goes to the SDK's root sampler.
-        if not self._spans_under_unsampled_parents and under_unsampled_span():
-            return None
+    def _start_span(self, statement: Statement) -> trace.Span:
         return self._tracer.start_span(
             statement.name,
             kind=SpanKind.CLIENT,

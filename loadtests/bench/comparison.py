@@ -53,7 +53,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, sessions: str) -> N
         type=float,
         default=None,
         metavar="F",
-        help="also compare CPU/op at equal offered load: F x the slower closed-loop throughput",
+        help="also compare CPU/op at equal offered load: F x the slower closed-loop rate (0: off)",
     )
     parser.add_argument(
         "--lead-in",
@@ -123,7 +123,8 @@ async def compare(
     levels: list[dict[str, Any]] = []
     rows: list[list[str]] = []
     ratio_rows: list[list[str]] = []
-    equal_load = args.equal_load if args.pace is None else None  # paced is equal load already
+    # Paced is equal load already; 0 turns the second comparison off.
+    equal_load = args.equal_load if args.pace is None and args.equal_load else None
     for sessions in (int(s) for s in args.sessions.split(",")):
         targets = await load_targets(url, sessions)
         a, b = await _run_pair(subject, reference, targets, args, texts, args.pace)
