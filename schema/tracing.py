@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, TraceFlags
@@ -43,9 +44,8 @@ def _current_span_key() -> str | None:
 def _current_context_var() -> ContextVar[Context] | None:
     # The ContextVar the API's default runtime context keeps the current Context
     # in (private; None under another runtime context, OTEL_PYTHON_CONTEXT).
-    from opentelemetry import context
-
-    var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
     return var if isinstance(var, ContextVar) else None
 
 
@@ -58,7 +58,7 @@ def _span_context_is_a_tuple() -> bool:
         isinstance(probe, tuple)
         and len(probe) == 6
         and probe[3] is probe.trace_flags
-        and (probe[5] is True)
+        and probe[5] is True
     )
 
 
