@@ -161,22 +161,15 @@ async def compare(
             ]
         level["targets_met"] = met
         levels.append(level)
-        for name, v in ((subject.name, a), (reference.name, b)):
-            rows.append(
-                [
-                    str(sessions),
-                    name,
-                    fmt(v.ops_per_second, 0),
-                    fmt(v.cpu_us_per_op, 0),
-                    *latency_cells(v),
-                ]
-            )
+        measured = [("", a, b)]
         if equal_load is not None:
-            for name, v in ((subject.name, a_eq), (reference.name, b_eq)):
+            measured.append((" (equal load)", a_eq, b_eq))
+        for suffix, a_run, b_run in measured:
+            for name, v in ((subject.name, a_run), (reference.name, b_run)):
                 rows.append(
                     [
                         str(sessions),
-                        f"{name} (equal load)",
+                        name + suffix,
                         fmt(v.ops_per_second, 0),
                         fmt(v.cpu_us_per_op, 0),
                         *latency_cells(v),
