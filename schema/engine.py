@@ -167,6 +167,8 @@ def create_engine(settings: Settings | None = None, /, **overrides: Any) -> Asyn
         pool_timeout=settings.pool_timeout,
         pool_recycle=settings.pool_recycle,
         pool_pre_ping=settings.pool_pre_ping,
+        # A lull no longer closes the overflow a burst opened (see pool.py).
+        overflow_idle_timeout=settings.pool_overflow_idle_timeout,
         # The pool's rollback-on-return is free here: asyncpg's adapter only
         # sends ROLLBACK if it had sent BEGIN.
         pool_reset_on_return="rollback",

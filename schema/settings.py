@@ -42,6 +42,12 @@ class Settings:
     pool_timeout: float = 30.0
     #: Seconds after which a connection is replaced when next checked out.
     pool_recycle: int = 3600
+    #: Returned overflow connections stay idle until the pool has held pool_size
+    #: idle or more, without a break, for this many seconds; then they are closed
+    #: as they come back (0: at once, SQLAlchemy's QueuePool rule). A lull in a
+    #: bursty load no longer closes what the next burst reopens. Never more than
+    #: pool_size + max_overflow connections.
+    pool_overflow_idle_timeout: float = 30.0
     #: Ping each connection on checkout. Off: on asyncpg it costs three round
     #: trips per operation; broken connections surface as DatabaseUnavailable.
     pool_pre_ping: bool = False

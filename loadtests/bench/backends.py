@@ -61,11 +61,14 @@ class StoreBackend:
         metrics: StoreMetrics | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         trace_statements: bool = False,
+        overflow_idle_timeout: float | None = None,
     ) -> None:
         self.name = name
         self._url = url
         self._pool_size = pool_size
         self._max_overflow = max_overflow
+        #: None: the setting's default (CHAT_STORAGE_POOL_OVERFLOW_IDLE_TIMEOUT).
+        self._overflow_idle_timeout = overflow_idle_timeout
         self.metrics = metrics
         self._tracer_provider = tracer_provider
         self._trace_statements = trace_statements
@@ -79,8 +82,14 @@ class StoreBackend:
         return self._store
 
     async def open(self) -> None:
+        overrides: dict[str, Any] = {}
+        if self._overflow_idle_timeout is not None:
+            overrides["pool_overflow_idle_timeout"] = self._overflow_idle_timeout
         engine = create_engine(
-            database_url=self._url, pool_size=self._pool_size, max_overflow=self._max_overflow
+            database_url=self._url,
+            pool_size=self._pool_size,
+            max_overflow=self._max_overflow,
+            **overrides,
         )
         if self._trace_statements:
             self._statement_tracer = instrument_statements(

@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds (2)")
     parser.add_argument("--messages", type=int, default=20_000, help="seeded messages (20000)")
+    parser.add_argument(
+        "--overflow-idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="pool_overflow_idle_timeout (default: the setting's; 0: SQLAlchemy's rule)",
+    )
 
 
 def parse_pools(text: str) -> list[tuple[int, int]]:
@@ -119,12 +126,15 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 pool_size=size,
                 max_overflow=overflow,
                 metrics=StoreMetrics(registry),
+                overflow_idle_timeout=args.overflow_idle_timeout,
             )
             await backend.open()
             try:
                 await run_paced(backend, targets, args.warmup, texts, rate=args.rate)
                 wait_metric = "chat_storage_pool_wait_seconds"
+                connect_metric = "chat_storage_pool_connect_seconds"
                 before = histogram_state(registry, wait_metric)
+                connects_before = histogram_state(registry, connect_metric)[2]
                 in_use: list[int] = []
                 sampler = asyncio.create_task(sample_in_use(backend, in_use))
                 try:
@@ -134,6 +144,8 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 wait_p95, wait_mean, waits = window_quantile(
                     before, histogram_state(registry, wait_metric), 0.95
                 )
+                # Connections opened while measured (a steady load opens none).
+                connects = int(histogram_state(registry, connect_metric)[2] - connects_before)
             finally:
                 await backend.close()
             latencies = {op: sorted(rnd.latencies[op]) for op in OPERATIONS}
@@ -169,6 +181,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                     "mean_held_ms": round(1000 * held, 3),
                     "busy_connections": round(busy, 2),
                     "connections_in_use": {"p95": use_p95, "max": use_max},
+                    "connects": connects,
                     "pool_bottleneck": bottleneck,
                 }
             )
@@ -184,6 +197,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                     fmt(1000 * wait_mean, 3),
                     fmt(busy, 1),
                     f"{use_p95}/{use_max}",
+                    str(connects),
                     "YES" if bottleneck else "no",
                 ]
             )
@@ -201,6 +215,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                     "mean wait ms",
                     "mean busy",
                     "in use p95/max",
+                    "connects",
                     "pool bottleneck",
                 ],
                 rows,
@@ -209,7 +224,8 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
             advice(results),
         ]
     )
-    config = {k: getattr(args, k) for k in ("sessions", "pools", "rate", "seconds", "messages")}
+    keys = ("sessions", "pools", "rate", "seconds", "messages", "overflow_idle_timeout")
+    config = {k: getattr(args, k) for k in keys}
     return {
         "benchmark": "pool",
         "config": config,

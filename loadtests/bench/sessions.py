@@ -96,8 +96,8 @@ async def run_closed(
     duration from the lead-in's end until the last session finishes.
 
     The lead-in keeps a round's start-up out of its figures: sessions starting
-    together, and the plan's pool reopening the overflow connections it closed
-    when the previous round ended (QueuePool keeps at most pool_size idle).
+    together, and (with ``pool_overflow_idle_timeout=0``) the pool reopening
+    the overflow connections it closed when the previous round ended.
     """
     record = Round()
     rng = random.Random(len(targets))

@@ -136,13 +136,91 @@ async def test_checkout_listeners_see_every_operation(
     assert fairy_checkouts[0] == 3
 
 
+async def server_connections(admin: asyncpg.Connection, name: str, expected: int) -> int:
+    """The server's connections with application_name ``name``, once it shows
+    ``expected`` (a closed connection leaves pg_stat_activity a moment later)."""
+    opened = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+    for _ in range(100):
+        if await admin.fetchval(opened, name) == expected:
+            break
+        await asyncio.sleep(0.02)
+    count: int = await admin.fetchval(opened, name)
+    return count
+
+
+async def open_overflow(store: ChatStore, database_url: str, user_id: str) -> None:
+    """Make a pool of size 1 open its overflow connection, then return both."""
+    pool: Any = store.engine.sync_engine.pool
+    conversation = await store.create_conversation(user_id)
+    other = await store.create_conversation(user_id)
+    blocker = await locked(database_url, conversation.id)
+    try:
+        waiting = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
+        await until(lambda: pool.checkedout() == 1)
+        await store.add_message(user_id, other.id, "user", "b")  # opens the overflow one
+        assert pool.overflow() == 1
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    await waiting
+
+
+@pytest.mark.parametrize("fairy", [False, True], ids=["lent", "fairy"])
+async def test_overflow_connection_stays_idle_after_a_burst(
+    make_engine: EngineFactory,
+    database_url: str,
+    admin: asyncpg.Connection,
+    user_id: str,
+    fairy: bool,
+) -> None:
+    """By default (pool_overflow_idle_timeout 30 s) an overflow connection
+    returned to a full idle queue stays open, and the next burst reuses it."""
+    name = f"lend-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(pool_size=1, max_overflow=1, application_name=name)
+    if fairy:  # a checkin listener: returns go through QueuePool's own checkin
+        event.listen(engine.sync_engine, "checkin", lambda *_: None)
+    connects: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda *_: connects.append(None))
+    pool: Any = engine.sync_engine.pool
+    store = ChatStore(engine)
+    await open_overflow(store, database_url, user_id)
+    assert pool.checkedout() == 0 and pool.checkedin() == 2 and pool.overflow() == 1
+    assert await server_connections(admin, name, 2) == 2
+    connects.clear()
+    await open_overflow(store, database_url, user_id)
+    assert connects == []  # both were idle, neither was reopened
+    assert pool.checkedin() == 2 and pool.overflow() == 1
+
+
+async def test_idle_overflow_is_closed_once_the_pool_was_full_for_the_timeout(
+    make_engine: EngineFactory, database_url: str, admin: asyncpg.Connection, user_id: str
+) -> None:
+    """Once the idle queue has held pool_size connections or more for
+    pool_overflow_idle_timeout, a returned overflow connection is closed."""
+    name = f"lend-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(
+        pool_size=1, max_overflow=1, application_name=name, pool_overflow_idle_timeout=0.2
+    )
+    pool: Any = engine.sync_engine.pool
+    store = ChatStore(engine)
+    await open_overflow(store, database_url, user_id)
+    conversation = await store.create_conversation(user_id)
+    assert pool.checkedin() == 2 and pool.overflow() == 1  # returned within the timeout
+    await asyncio.sleep(0.3)  # the queue has held 1 or 2 since the burst ended
+    await store.get_history(user_id, conversation.id)
+    assert pool.checkedout() == 0 and pool.checkedin() == 1 and pool.overflow() == 0
+    assert await server_connections(admin, name, 1) == 1
+
+
 async def test_overflow_connection_is_closed_when_returned_to_a_full_pool(
     make_engine: EngineFactory, database_url: str, admin: asyncpg.Connection, user_id: str
 ) -> None:
-    """An overflow connection returned with the pool's idle queue full is closed,
-    as QueuePool's own checkin would."""
+    """With pool_overflow_idle_timeout=0, an overflow connection returned with
+    the pool's idle queue full is closed, as QueuePool's own checkin would."""
     name = f"lend-{uuid.uuid4().hex[:8]}"
-    engine = make_engine(pool_size=1, max_overflow=1, application_name=name)
+    engine = make_engine(
+        pool_size=1, max_overflow=1, application_name=name, pool_overflow_idle_timeout=0
+    )
     pool: Any = engine.sync_engine.pool
     store = ChatStore(engine)
     conversation = await store.create_conversation(user_id)

@@ -20,6 +20,7 @@ from loadtests.bench.cli import main
 from loadtests.bench.pool import sample_in_use
 from loadtests.bench.sessions import OPS_PER_TURN
 from loadtests.bench.stats import percentile
+from schema import Settings
 from schema.devdb import ServerInfo
 
 TINY = ["--seconds", "0.4", "--warmup", "0.1"]
@@ -141,6 +142,7 @@ def test_pool_reports_wait_and_sizing(pg_server: ServerInfo, tmp_path: Path) -> 
         in_use = run["connections_in_use"]
         assert 0 <= in_use["p95"] <= in_use["max"] <= capacity
         assert run["busy_connections"] > 0
+        assert isinstance(run["connects"], int) and run["connects"] >= 0
     assert results["max_connections"] > 0
     table = next(tmp_path.glob("bench-pool-*")).joinpath("table.md").read_text()
     assert "3 sessions: " in table and "5 sessions: " in table  # a verdict per level
@@ -164,6 +166,23 @@ async def test_in_use_sampler_counts_held_connections(database_url: str) -> None
         await asyncio.sleep(0.01)
         sampler.cancel()
         assert after and max(after) == 0
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("idle", [None, 0.0, 5.0])
+async def test_store_backend_passes_the_overflow_idle_timeout(
+    database_url: str, idle: float | None
+) -> None:
+    """``pool --overflow-idle-timeout`` reaches the engine's pool (None: the default)."""
+    backend = StoreBackend(
+        "idle", database_url, pool_size=1, max_overflow=1, overflow_idle_timeout=idle
+    )
+    await backend.open()
+    try:
+        pool: Any = backend.store.engine.sync_engine.pool
+        expected = Settings(database_url=database_url).pool_overflow_idle_timeout
+        assert pool.overflow_idle_timeout == (expected if idle is None else idle)
     finally:
         await backend.close()
 

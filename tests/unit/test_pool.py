@@ -1,4 +1,5 @@
-"""FairQueue: checkouts are served in arrival order, and no item is ever lost."""
+"""FairQueue: checkouts are served in arrival order, no item is ever lost, and
+surplus items are kept until the queue has been full for its grace period."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import Empty, Full
 
+from schema import pool as pool_module
 from schema.pool import FairQueue
 
 
@@ -71,3 +73,62 @@ async def test_lifo_and_capacity_follow_the_queue_protocol() -> None:
     assert queue.get(block=False) == "b"
     assert queue.get_nowait() == "a"
     assert queue.empty()
+
+
+class FakeClock:
+    """Stands in for ``time`` in schema.pool: monotonic() returns ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(pool_module, "time", fake)
+    return fake
+
+
+def test_surplus_is_kept_until_the_queue_was_full_for_the_grace(clock: FakeClock) -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=2)
+    queue.keep_surplus_for = 30.0
+    queue.put_nowait("a")
+    queue.put_nowait("b")  # full from now on
+    clock.now += 29.9
+    queue.put_nowait("c")  # a surplus item, kept: the grace has not passed
+    assert queue.qsize() == 3 and not queue.full()
+    clock.now += 0.1
+    assert queue.full()
+    with pytest.raises(Full):  # QueuePool closes the overflow connection on Full
+        queue.put_nowait("d")
+    # Taking items down to maxsize does not end the full period: no caller
+    # needed more than the surplus.
+    assert queue.get_nowait() == "a"
+    assert queue.full()
+
+
+def test_dropping_below_maxsize_restarts_the_grace(clock: FakeClock) -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=2)
+    queue.keep_surplus_for = 30.0
+    for item in "abc":
+        queue.put_nowait(item)
+    clock.now += 20.0
+    queue.get_nowait()
+    queue.get_nowait()  # one left: callers needed the surplus and more
+    clock.now += 20.0
+    queue.put_nowait("d")  # full again from now
+    queue.put_nowait("e")
+    assert queue.qsize() == 3 and not queue.full()
+    clock.now += 30.0
+    assert queue.full()
+
+
+def test_no_grace_refuses_at_maxsize_as_queue_pool_does(clock: FakeClock) -> None:
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    queue.put_nowait("a")
+    assert queue.full()
+    with pytest.raises(Full):
+        queue.put_nowait("b")
