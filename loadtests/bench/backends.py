@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
@@ -62,6 +63,7 @@ class StoreBackend:
         tracer_provider: trace.TracerProvider | None = None,
         trace_statements: bool = False,
         overflow_idle_timeout: float | None = None,
+        final_figures: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.name = name
         self._url = url
@@ -69,6 +71,7 @@ class StoreBackend:
         self._max_overflow = max_overflow
         #: None: the setting's default (CHAT_STORAGE_POOL_OVERFLOW_IDLE_TIMEOUT).
         self._overflow_idle_timeout = overflow_idle_timeout
+        self._final_figures = final_figures
         self.metrics = metrics
         self._tracer_provider = tracer_provider
         self._trace_statements = trace_statements
@@ -111,6 +114,10 @@ class StoreBackend:
     async def listing(self, user_id: str) -> int:
         page = await self.store.list_conversations(user_id, limit=LIST_LIMIT)
         return len(page.items)
+
+    def final_figures(self) -> dict[str, float]:
+        """What the run's telemetry saw (for a duet's report; see duet.py)."""
+        return self._final_figures() if self._final_figures is not None else {}
 
     async def close(self) -> None:
         if self._statement_tracer is not None:

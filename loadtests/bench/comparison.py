@@ -14,12 +14,14 @@ below saturation does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtests.bench.backends import Backend
 from loadtests.bench.database import Target, load_targets
+from loadtests.bench.duet import DuetVariant, run_duet
 from loadtests.bench.interleave import interleave
 from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import table
@@ -93,6 +95,19 @@ async def _run_pair(
     texts: Texts,
     pace: float | None,
 ) -> tuple[Summary, Summary]:
+    if isinstance(subject, DuetVariant) and isinstance(reference, DuetVariant):
+        summaries = await asyncio.to_thread(
+            run_duet,
+            [subject, reference],
+            targets,
+            rounds=args.rounds,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            texts=texts,
+            lead_in=args.lead_in,
+            pace=pace,
+        )
+        return summaries[subject.name], summaries[reference.name]
     summaries = await interleave(
         [subject, reference],
         targets,
@@ -125,8 +140,10 @@ async def compare(
     ratio_rows: list[list[str]] = []
     # Paced is equal load already; 0 turns the second comparison off.
     equal_load = args.equal_load if args.pace is None and args.equal_load else None
+    # A duet runs both variants at once, each with its own sessions.
+    duet = isinstance(subject, DuetVariant)
     for sessions in (int(s) for s in args.sessions.split(",")):
-        targets = await load_targets(url, sessions)
+        targets = await load_targets(url, 2 * sessions if duet else sessions)
         a, b = await _run_pair(subject, reference, targets, args, texts, args.pace)
         ops_ratio = ratio(a.ops_per_second, b.ops_per_second)
         cpu_ratio = ratio(a.cpu_us_per_op, b.cpu_us_per_op)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from prometheus_client import CollectorRegistry
 from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
 from loadtests.bench.database import bench_database, seed_messages
+from loadtests.bench.duet import DuetVariant
 from loadtests.bench.report import publish, report_dir
 from loadtests.bench.sessions import Texts
 from schema import StoreMetrics
@@ -101,6 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="US",
         help="calibration: 'off' plus US microseconds of busy work per operation, against 'off'",
     )
+    parser.add_argument(
+        "--duet",
+        action="store_true",
+        help="run both variants at the same time, each in its own process (see duet.py)",
+    )
 
 
 class AroundEach:
@@ -118,6 +126,10 @@ class AroundEach:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def final_figures(self) -> dict[str, float]:
+        final = getattr(self.inner, "final_figures", None)
+        return final() if callable(final) else {}
 
     async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
         with self.around():
@@ -177,61 +189,119 @@ class InCallerTrace(AroundEach):
             yield
 
 
-async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
-    await seed_messages(url, "bench", args.messages)
-    texts = Texts.draw()
-    exporter = DiscardingExporter()
-    sampler = (
-        ALWAYS_ON if args.sample_ratio >= 1 else ParentBased(TraceIdRatioBased(args.sample_ratio))
-    )
-    provider = TracerProvider(sampler=sampler)
-    processor = BatchSpanProcessor if args.processor == "batch" else SimpleSpanProcessor
-    provider.add_span_processor(processor(exporter))
-    registry = CollectorRegistry()
-    pool = {"pool_size": args.pool_size, "max_overflow": args.max_overflow}
+@dataclass(frozen=True)
+class Options:
+    """How to build the variants (picklable: a duet builds them in other processes)."""
+
+    url: str
+    sample_ratio: float
+    processor: str
+    caller: str
+    pool_size: int
+    max_overflow: int
+    busy_us: float | None = None
+    a_a: bool = False
+
+    @classmethod
+    def from_args(cls, url: str, args: argparse.Namespace) -> Options:
+        return cls(
+            url, args.sample_ratio, args.processor, args.caller, args.pool_size,
+            args.max_overflow, args.busy_us, args.a_a,
+        )  # fmt: skip
+
+
+class Telemetry:
+    """The "on" variant's SDK tracer provider, over a span-dropping exporter, and
+    its metrics registry; :meth:`finish` flushes them and counts what they saw."""
+
+    def __init__(self, options: Options) -> None:
+        ratio = options.sample_ratio
+        sampler = ALWAYS_ON if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))
+        self.exporter = DiscardingExporter()
+        self.provider = TracerProvider(sampler=sampler)
+        processor = BatchSpanProcessor if options.processor == "batch" else SimpleSpanProcessor
+        self.provider.add_span_processor(processor(self.exporter))
+        self.registry = CollectorRegistry()
+
+    def finish(self) -> dict[str, float]:
+        self.provider.shutdown()  # flushes the batch processor: every sampled span is counted
+        observed = sum(
+            self.registry.get_sample_value(
+                "chat_storage_operation_duration_seconds_count", {"operation": op, "outcome": "ok"}
+            )
+            or 0.0
+            for op in OPERATIONS
+        )
+        return {"spans_exported": self.exporter.spans, "operations_observed": observed}
+
+
+def build_pair(options: Options, telemetry: Telemetry) -> tuple[Backend, Backend]:
+    """The subject ("on", or a calibration variant) and the reference ("off")."""
+    url, size, overflow = options.url, options.pool_size, options.max_overflow
     on: Backend
-    if args.busy_us is not None:
-        on = BusyWork(StoreBackend("off-busy", url, **pool), args.busy_us)
-    elif args.a_a:
-        on = StoreBackend("off-again", url, **pool)
+    if options.busy_us is not None:
+        on = BusyWork(
+            StoreBackend("off-busy", url, pool_size=size, max_overflow=overflow), options.busy_us
+        )
+    elif options.a_a:
+        on = StoreBackend("off-again", url, pool_size=size, max_overflow=overflow)
     else:
         on = StoreBackend(
             "on",
             url,
-            **pool,
-            metrics=StoreMetrics(registry),
-            tracer_provider=provider,
+            pool_size=size,
+            max_overflow=overflow,
+            metrics=StoreMetrics(telemetry.registry),
+            tracer_provider=telemetry.provider,
             trace_statements=True,
+            final_figures=telemetry.finish,
         )
-    off = StoreBackend("off", url, **pool)
+    off: Backend = StoreBackend("off", url, pool_size=size, max_overflow=overflow)
+    if options.caller == "request":
+        return InCallerTrace(on, options.sample_ratio), InCallerTrace(off, options.sample_ratio)
+    return on, off
+
+
+def duet_variant(index: int, options: Options) -> Backend:
+    """Variant ``index`` of :func:`build_pair`, built in a duet's process."""
+    return build_pair(options, Telemetry(options))[index]
+
+
+async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
+    await seed_messages(url, "bench", args.messages)
+    texts = Texts.draw()
+    options = Options.from_args(url, args)
     results: dict[str, Any] = {"benchmark": "instrumentation", "config": config(args)}
-    subject: Backend = on
-    reference: Backend = off
-    if args.caller == "request":
-        subject = InCallerTrace(on, args.sample_ratio)
-        reference = InCallerTrace(off, args.sample_ratio)
+    telemetry = Telemetry(options)
+    subject: Backend
+    reference: Backend
+    subject, reference = build_pair(options, telemetry)
+    duet: list[DuetVariant] = []
+    if args.duet:
+        duet = [
+            DuetVariant(backend.name, functools.partial(duet_variant, i, options))
+            for i, backend in enumerate((subject, reference))
+        ]
+        subject, reference = duet
     try:
         compared, text = await compare_pair(url, subject, reference, args, texts, LIMITS, out)
         results.update(compared)
     finally:
-        provider.shutdown()  # flushes the batch processor: every sampled span is counted
-    observed = sum(
-        registry.get_sample_value(
-            "chat_storage_operation_duration_seconds_count", {"operation": op, "outcome": "ok"}
-        )
-        or 0.0
-        for op in OPERATIONS
-    )
+        figures = telemetry.finish()
+    if duet:
+        figures = {k: duet[0].figures.get(k, 0.0) for k in figures}
+    spans, observed = int(figures["spans_exported"]), int(figures["operations_observed"])
     # Proof that the "on" variant really recorded: every operation is a span and a sample.
     results["sample_ratio"] = args.sample_ratio
     results["processor"] = args.processor
     results["caller"] = args.caller
-    results["spans_exported"] = exporter.spans
-    results["operations_observed"] = int(observed)
+    results["duet"] = args.duet
+    results["spans_exported"] = spans
+    results["operations_observed"] = observed
     text += (
         f"\n\ncaller: {args.caller}; sample ratio {args.sample_ratio}; "
-        f"spans exported (and dropped): {exporter.spans}; "
-        f"operations observed by the histogram: {int(observed)}"
+        f"spans exported (and dropped): {spans}; "
+        f"operations observed by the histogram: {observed}"
     )
     return results, text
 

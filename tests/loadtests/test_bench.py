@@ -93,6 +93,27 @@ def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path
     assert results["spans_exported"] == results["operations_observed"]
 
 
+def test_instrumentation_duet_runs_both_variants_in_their_own_processes(
+    pg_server: ServerInfo, tmp_path: Path
+) -> None:
+    """--duet: both variants at once, each in a spawned process on half of the
+    conversations; "on" there still made one span and one sample per operation,
+    and reported them back."""
+    results = run_bench(
+        pg_server, tmp_path, "instrumentation", "--duet",
+        "--sessions", "2,3", "--rounds", "2", "--messages", "300", *TINY,
+        "--sample-ratio", "1", "--processor", "simple", "--equal-load", "0.5", "--lead-in", "0.1",
+    )  # fmt: skip
+    assert results["duet"] is True
+    check_comparison(results, ("on", "off"))
+    for level in results["levels"]:
+        for variant in level["equal_load"]["variants"].values():
+            assert variant["ops"] > 0
+        assert len(level["ratios"]["cpu_per_op_by_round"]) == 2
+    assert results["spans_exported"] > 0
+    assert results["spans_exported"] == results["operations_observed"]
+
+
 def test_instrumentation_calibrates_with_known_busy_work(
     pg_server: ServerInfo, tmp_path: Path
 ) -> None:
