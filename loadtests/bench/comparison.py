@@ -95,29 +95,18 @@ async def _run_pair(
     texts: Texts,
     pace: float | None,
 ) -> tuple[Summary, Summary]:
+    schedule: dict[str, Any] = {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "texts": texts,
+        "lead_in": args.lead_in,
+        "pace": pace,
+    }
     if isinstance(subject, DuetVariant) and isinstance(reference, DuetVariant):
-        summaries = await asyncio.to_thread(
-            run_duet,
-            [subject, reference],
-            targets,
-            rounds=args.rounds,
-            seconds=args.seconds,
-            warmup=args.warmup,
-            texts=texts,
-            lead_in=args.lead_in,
-            pace=pace,
-        )
-        return summaries[subject.name], summaries[reference.name]
-    summaries = await interleave(
-        [subject, reference],
-        targets,
-        rounds=args.rounds,
-        seconds=args.seconds,
-        warmup=args.warmup,
-        texts=texts,
-        lead_in=args.lead_in,
-        pace=pace,
-    )
+        summaries = await asyncio.to_thread(run_duet, [subject, reference], targets, **schedule)
+    else:
+        summaries = await interleave([subject, reference], targets, **schedule)
     return summaries[subject.name], summaries[reference.name]
 
 

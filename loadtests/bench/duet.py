@@ -78,14 +78,9 @@ class RoundOrder:
     pace: float | None
 
 
-def _child(
-    conn: Connection,
-    factory: Callable[[], Backend],
-    halves: list[list[Target]],
-    texts: Texts,
-    warmup: float,
-) -> None:
-    asyncio.run(_serve(conn, factory, halves, texts, warmup))
+def _child(*args: Any) -> None:
+    """A variant's process: :func:`_serve` on an event loop of its own."""
+    asyncio.run(_serve(*args))
 
 
 async def _serve(

@@ -222,26 +222,9 @@ async def test_overflow_connection_is_closed_when_returned_to_a_full_pool(
         pool_size=1, max_overflow=1, application_name=name, pool_overflow_idle_timeout=0
     )
     pool: Any = engine.sync_engine.pool
-    store = ChatStore(engine)
-    conversation = await store.create_conversation(user_id)
-    other = await store.create_conversation(user_id)
-    blocker = await locked(database_url, conversation.id)
-    try:
-        waiting = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
-        await until(lambda: pool.checkedout() == 1)
-        await store.add_message(user_id, other.id, "user", "b")  # opens the overflow one
-        assert pool.overflow() == 1
-    finally:
-        await blocker.execute("ROLLBACK")
-        await blocker.close()
-    await waiting
+    await open_overflow(ChatStore(engine), database_url, user_id)
     assert pool.checkedout() == 0 and pool.checkedin() == 1 and pool.overflow() == 0
-    opened = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
-    for _ in range(100):
-        if await admin.fetchval(opened, name) == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert await admin.fetchval(opened, name) == 1
+    assert await server_connections(admin, name, 1) == 1
 
 
 async def test_caller_cancelled_in_line_loses_no_connection(
