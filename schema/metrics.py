@@ -267,8 +267,8 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
         pool = sync_engine.pool
         if isinstance(pool, QueuePool):
             checked_out.set(max(0, pool.checkedout() - 1))
-            # A full queue discards overflow (FairAsyncQueuePool: once its
-            # surplus has been idle for overflow_idle_timeout).
+            # A full queue discards overflow (FairAsyncQueuePool: once it has
+            # held pool_size idle, without a break, for overflow_idle_timeout).
             keeps = getattr(pool, "keeps_returned", None)
             kept = keeps() if callable(keeps) else pool.checkedin() < pool.size()
             idle.set(pool.checkedin() + (1 if kept else 0))

@@ -326,9 +326,10 @@ class FairAsyncQueuePool(AsyncAdaptedQueuePool):
         """Return a lent record if that needs no I/O (it is handed to the oldest
         waiter, or queued). False: the queue is full, so this overflow
         connection must be closed: :meth:`return_record` in a greenlet."""
-        if not self._pool.accepts():
+        queue = self._pool
+        if not queue.accepts():
             return False
-        self._pool.put_nowait(record)
+        queue.put_nowait(record)
         return True
 
     def return_record(self, record: Any) -> None:

@@ -307,6 +307,8 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.duet and args.profile:
+        raise SystemExit("--profile profiles both variants in this process: not with --duet")
     out = report_dir("instrumentation", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args, out))

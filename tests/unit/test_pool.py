@@ -10,7 +10,7 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import Empty, Full
 
 from schema import pool as pool_module
-from schema.pool import FairQueue
+from schema.pool import FairAsyncQueuePool, FairQueue
 
 
 async def get(queue: FairQueue[str], max_wait: float | None = None) -> str:
@@ -132,3 +132,8 @@ def test_no_grace_refuses_at_maxsize_as_queue_pool_does(clock: FakeClock) -> Non
     assert queue.full()
     with pytest.raises(Full):
         queue.put_nowait("b")
+
+
+def test_negative_overflow_idle_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="overflow_idle_timeout"):
+        FairAsyncQueuePool(lambda: None, overflow_idle_timeout=-1.0, pool_size=1)
