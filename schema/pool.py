@@ -123,8 +123,11 @@ class FairQueue(Generic[T]):
             return
         if self.full():
             raise Full()
-        self._items.append(item)
-        self._queued()
+        items = self._items
+        items.append(item)
+        # _queued() inline: this is every checkin's path, a call per operation.
+        if self._full_since is None and len(items) >= self.maxsize > 0:
+            self._full_since = time.monotonic()
 
     def _hand_over(self, item: T) -> bool:
         while self._waiters:
