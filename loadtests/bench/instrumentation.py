@@ -22,6 +22,9 @@ judged in the closed loop; CPU per operation is also judged at equal offered
 load (``--equal-load``, default 0.7 of the slower variant's closed-loop
 throughput: what a service below saturation pays). ``--busy-us`` replaces
 "on" with a known cost per operation, to see how each measurement reports it.
+``--instructions`` counts instead of timing: instructions per operation of
+one session under Valgrind's cachegrind (instructions.py), a figure that does
+not move with the machine's load or the rate.
 """
 
 from __future__ import annotations
@@ -50,15 +53,18 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
+from loadtests.bench import instructions
 from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
-from loadtests.bench.database import bench_database, seed_messages
+from loadtests.bench.database import bench_database, load_targets, seed_messages
 from loadtests.bench.duet import DuetVariant
 from loadtests.bench.report import publish, report_dir
 from loadtests.bench.sessions import Texts
 from schema import StoreMetrics
 
 LIMITS = Limits(min_ops_ratio=0.95, max_cpu_ratio=1.05)
+#: Turns both runs of an --instructions count do (the difference is counted).
+BASE_TURNS = 20
 OPERATIONS = ("get_history", "add_message", "list_conversations")
 
 
@@ -108,6 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duet",
         action="store_true",
         help="run both variants at the same time, each in its own process (see duet.py)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per operation under Valgrind's cachegrind instead of "
+        "timing: one session, deterministic (see instructions.py; exits 1 over the target)",
+    )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=1000,
+        help="with --instructions: turns counted per variant (1000)",
     )
 
 
@@ -306,9 +324,52 @@ async def measure(url: str, args: argparse.Namespace, out: Path) -> tuple[dict[s
     return results, text
 
 
+def count_instructions(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], str, bool]:
+    """The ``--instructions`` figures: each variant counted by cachegrind, one session."""
+    asyncio.run(seed_messages(url, "bench", args.messages))
+    targets = asyncio.run(load_targets(url, 2))  # a conversation per variant
+    options = Options.from_args(url, args)
+    subject, reference = build_pair(options, Telemetry(options))
+    on, off = instructions.count(
+        instructions.options_spec(options),
+        [subject.name, reference.name],
+        targets,
+        base=BASE_TURNS,
+        turns=args.turns,
+    )
+    results, text, ok = instructions.verdict(on, off, LIMITS.max_cpu_ratio)
+    results = {
+        "benchmark": "instrumentation",
+        "mode": "instructions",
+        "config": {
+            "turns": args.turns, "base_turns": BASE_TURNS, "sample_ratio": args.sample_ratio,
+            "processor": args.processor, "caller": args.caller, "pool_size": args.pool_size,
+            "max_overflow": args.max_overflow, "messages": args.messages,
+        },
+        **results,
+    }  # fmt: skip
+    text += (
+        f"\n\none session, turns {BASE_TURNS} .. {BASE_TURNS + args.turns} counted "
+        f"(cachegrind); caller: {args.caller}; sample ratio {args.sample_ratio}"
+    )
+    return results, text, ok
+
+
 def main(args: argparse.Namespace) -> int:
     if args.duet and args.profile:
         raise SystemExit("--profile profiles both variants in this process: not with --duet")
+    if args.instructions:
+        if args.busy_us is not None or args.duet or args.profile:
+            # Busy work spins on the wall clock, which runs at another pace under Valgrind.
+            raise SystemExit(
+                "--instructions counts one session: not with --busy-us, --duet or --profile"
+            )
+        instructions.valgrind()  # before starting a server: say what is missing first
+        out = report_dir("instrumentation", args.reports_dir)
+        with bench_database(args.server_url) as url:
+            results, text, ok = count_instructions(url, args)
+        publish(out, results, text)
+        return 0 if ok else 1
     out = report_dir("instrumentation", args.reports_dir)
     with bench_database(args.server_url) as url:
         results, text = asyncio.run(measure(url, args, out))
