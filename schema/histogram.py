@@ -54,6 +54,14 @@ class HistogramSeries:
         self.exemplars: list[Exemplar | None] = [None] * len(upper_bounds)
         self.created = time.time()
 
+    def zero_counts(self) -> list[int]:
+        """:attr:`counts`, whose first bucket is where 0 goes, so that
+        ``zero_counts()[0] += 1`` is ``observe(0.0)`` without the call (the
+        pool's zero waits, counted on every operation)."""
+        if bisect_left(self._upper_bounds, 0.0) != 0:
+            raise ValueError("0 does not fall in this histogram's first bucket")
+        return self.counts
+
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         """Count ``amount`` in its bucket (``le``: the first upper bound >= it)."""
         index = bisect_left(self._upper_bounds, amount)

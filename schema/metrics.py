@@ -198,13 +198,22 @@ class HotSeries:
     (and builds new ones when it finds itself on another thread).
     """
 
-    __slots__ = ("metrics", "ok_durations", "pool_wait", "thread")
+    __slots__ = ("metrics", "ok_durations", "pool_wait", "thread", "zero_waits")
 
     def __init__(self, metrics: StoreMetrics) -> None:
         self.thread = threading.get_ident()
         self.metrics = metrics
         wait = metrics.pool_wait
-        self.pool_wait: Observer = wait.labels() if isinstance(wait, ShardedHistogram) else wait
+        #: The per-bucket counts of this thread's wait series, whose first bucket
+        #: is where a wait of 0 goes: ``zero_waits[0] += 1`` is ``observe(0.0)``
+        #: without the call (None for prometheus-client's Histogram: observe(0.0)).
+        self.zero_waits: list[int] | None = None
+        if isinstance(wait, ShardedHistogram):
+            series = wait.labels()
+            self.pool_wait: Observer = series
+            self.zero_waits = series.zero_counts()
+        else:
+            self.pool_wait = wait
         #: operation name -> its ``outcome="ok"`` duration series (see :meth:`ok`).
         self.ok_durations: dict[str, Observer] = {}
 

@@ -140,6 +140,35 @@ async def test_pool_gauges_follow_a_held_checkout(
     assert sample(registry, "chat_storage_pool_connect_seconds_count") == 1
 
 
+async def test_a_connection_lent_at_once_is_a_wait_of_zero(
+    small_engine: AsyncEngine, registry: CollectorRegistry, user_id: str
+) -> None:
+    """An idle connection lent without waiting counts a wait of exactly 0 (first
+    bucket, the sum unchanged); a caller who waits for it counts the wait."""
+    store = ChatStore(small_engine, metrics=StoreMetrics(registry))
+    conversation = await store.create_conversation(user_id)  # connects: a real wait
+    count = sample(registry, "chat_storage_pool_wait_seconds_count")
+    total = sample(registry, "chat_storage_pool_wait_seconds_sum")
+    first = sample(registry, "chat_storage_pool_wait_seconds_bucket", le="0.0001")
+    for _ in range(3):
+        await store.get_conversation(user_id, conversation.id)
+    assert sample(registry, "chat_storage_pool_wait_seconds_count") == count + 3
+    assert sample(registry, "chat_storage_pool_wait_seconds_sum") == total
+    assert sample(registry, "chat_storage_pool_wait_seconds_bucket", le="0.0001") == first + 3
+
+    async def hold_briefly() -> None:
+        async with small_engine.connect() as held:
+            await held.get_raw_connection()
+            await asyncio.sleep(0.05)
+
+    holder = asyncio.create_task(hold_briefly())
+    await asyncio.sleep(0.01)  # the holder has the only connection
+    await store.get_conversation(user_id, conversation.id)
+    await holder
+    assert sample(registry, "chat_storage_pool_wait_seconds_count") == count + 4
+    assert sample(registry, "chat_storage_pool_wait_seconds_sum") >= total + 0.03
+
+
 async def test_saturated_pool_waits_then_times_out(
     small_engine: AsyncEngine, registry: CollectorRegistry, user_id: str
 ) -> None:

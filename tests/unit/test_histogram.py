@@ -126,3 +126,25 @@ def test_wrong_labels_and_buckets_are_refused() -> None:
         ShardedHistogram("u_seconds", "doc", buckets=(0.1, 0.01), registry=None)
     with pytest.raises(ValueError, match="Duplicated"):
         ShardedHistogram("l_seconds", "doc", buckets=BUCKETS, registry=registry)
+
+
+def test_zero_counts_first_bucket_is_observing_zero() -> None:
+    """``zero_counts()[0] += 1`` (the pool's zero waits) gives the samples of observe(0.0)."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    sharded = ShardedHistogram("w_seconds", "doc", buckets=BUCKETS, registry=ours)
+    reference = Histogram("w_seconds", "doc", buckets=BUCKETS, registry=theirs)
+    series = sharded.labels()
+    zeros = series.zero_counts()
+    for amount in (0.0, 0.0, 0.003, 0.0):
+        if amount == 0.0:
+            zeros[0] += 1
+        else:
+            series.observe(amount)
+        reference.observe(amount)
+    assert samples(ours) == samples(theirs)
+
+
+def test_zero_counts_refuses_a_histogram_where_zero_is_not_first() -> None:
+    sharded = ShardedHistogram("n_seconds", "doc", buckets=(-1.0, 0.5), registry=None)
+    with pytest.raises(ValueError, match="first bucket"):
+        sharded.labels().zero_counts()
