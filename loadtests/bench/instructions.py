@@ -173,9 +173,11 @@ def count(
                 ]
                 env = {**os.environ, "PYTHONHASHSEED": "0"}
                 running.append((index, out, subprocess.Popen(command, env=env)))
-            for index, out, process in running:
-                if process.wait() != 0:
-                    name, status = variants[index], process.returncode
+            # Both finish before either is judged: none is left using the database.
+            statuses = [process.wait() for _, _, process in running]
+            for (index, out, _), status in zip(running, statuses, strict=True):
+                if status != 0:
+                    name = variants[index]
                     raise RuntimeError(f"variant {name} exited with {status} under cachegrind")
                 figures = json.loads(out.with_suffix(".json").read_text())
                 counts = Counts.read(out.with_suffix(".cg"))

@@ -329,10 +329,14 @@ def count_instructions(url: str, args: argparse.Namespace) -> tuple[dict[str, An
     asyncio.run(seed_messages(url, "bench", args.messages))
     targets = asyncio.run(load_targets(url, 2))  # a conversation per variant
     options = Options.from_args(url, args)
-    subject, reference = build_pair(options, Telemetry(options))
+    telemetry = Telemetry(options)  # the variants are built in the counted processes;
+    try:  # here only their names are needed
+        names = [backend.name for backend in build_pair(options, telemetry)]
+    finally:
+        telemetry.provider.shutdown()
     on, off = instructions.count(
         instructions.options_spec(options),
-        [subject.name, reference.name],
+        names,
         targets,
         base=BASE_TURNS,
         turns=args.turns,
