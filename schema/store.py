@@ -241,7 +241,8 @@ class ChatStore:
             return await greenlet_spawn(
                 self._fetch_in_greenlet, pool, sql, args, time.perf_counter()
             )
-        hot = self._hot  # checked for this thread by _run
+        # Timed only when the caller queues: a lend without waiting is a wait of 0.
+        started: float | None = None
         if pool.must_wait():
             started = time.perf_counter()
             waiter = pool.join_line()
@@ -253,25 +254,22 @@ class ChatStore:
                     raise timeout from None
                 raise
             record = pool.lend_handed(record)
-            if record is None:
-                return await greenlet_spawn(self._fetch_in_greenlet, pool, sql, args, started)
-            if hot is not None:
-                hot.pool_wait.observe(time.perf_counter() - started)
         else:
             record = pool.lend()
-            if record is None:
-                return await greenlet_spawn(
-                    self._fetch_in_greenlet, pool, sql, args, time.perf_counter()
-                )
-            if hot is not None:
-                # Lent an idle connection without waiting: a wait of 0, counted
-                # without reading the clock (a third of the metrics' cost per
-                # operation, by the instrumentation benchmark's --instructions).
-                zero_waits = hot.zero_waits
-                if zero_waits is not None:
-                    zero_waits[0] += 1
-                else:
-                    hot.pool_wait.observe(0.0)
+        if record is None:
+            if started is None:
+                started = time.perf_counter()
+            return await greenlet_spawn(self._fetch_in_greenlet, pool, sql, args, started)
+        hot = self._hot  # checked for this thread by _run
+        if hot is not None:
+            if started is not None:
+                hot.pool_wait.observe(time.perf_counter() - started)
+            elif hot.zero_waits is not None:
+                # A wait of 0 counted without reading the clock or calling: a
+                # third of the metrics' cost per operation (--instructions).
+                hot.zero_waits[0] += 1
+            else:
+                hot.pool_wait.observe(0.0)
         driver = record.driver_connection
         try:
             if self._pooler:

@@ -141,10 +141,12 @@ def valgrind() -> str:
 def count(
     spec: dict[str, Any], variants: Sequence[str], targets: Sequence[Target], base: int, turns: int
 ) -> list[PerOperation]:
-    """Count each variant (``duet_variant(i, Options(**spec))``) at ``base`` and
+    """Count each variant (``duet_variant(i, Options(**spec))``; ``spec`` is
+    ``dataclasses.asdict(options)``) at ``base`` and
     ``base + turns`` turns; the variants of one length run at the same time."""
     if base < FREEZE_AFTER or turns < 1:
         raise ValueError(f"base must be at least {FREEZE_AFTER} turns and turns at least 1")
+    executable = valgrind()
     runs: dict[tuple[int, int], tuple[int, Counts, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
         for length in (base, base + turns):
@@ -160,7 +162,7 @@ def count(
                     "figures": str(out.with_suffix(".json")),
                 }
                 command = [
-                    valgrind(),
+                    executable,
                     "--tool=cachegrind",
                     "--cache-sim=yes",
                     *SIMULATED_CACHES,
@@ -224,11 +226,6 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
-def options_spec(options: Any) -> dict[str, Any]:
-    """A JSON-able copy of the benchmark's ``Options`` (a dataclass)."""
-    return dataclasses.asdict(options)
-
-
 async def _run_turns(backend: Any, target: Target, turns: int) -> dict[str, float]:
     texts = Texts.draw()
     await backend.open()
@@ -246,7 +243,7 @@ async def _run_turns(backend: Any, target: Target, turns: int) -> dict[str, floa
 
 
 def _child(raw: str) -> None:
-    # Imported here: the parent process does not need the variants' modules.
+    # Imported here: instrumentation.py imports this module.
     from loadtests.bench.instrumentation import Options, duet_variant
 
     spec = json.loads(raw)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import random
 import time
@@ -337,7 +338,7 @@ def count_instructions(url: str, args: argparse.Namespace) -> tuple[dict[str, An
     finally:
         telemetry.provider.shutdown()
     on, off = instructions.count(
-        instructions.options_spec(options),
+        dataclasses.asdict(options),
         names,
         targets,
         base=BASE_TURNS,
