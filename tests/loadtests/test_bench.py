@@ -52,7 +52,8 @@ def check_comparison(results: dict[str, Any], names: tuple[str, str]) -> None:
             assert variant["latency_ms"]["message_insert"]["count"] > 0
         assert finite_positive(level["ratios"]["ops_per_second"])
         assert finite_positive(level["ratios"]["cpu_per_op"])
-        assert {"ops", "cpu"} <= set(level["targets_met"])
+        assert {"ops", "cpu", "target"} <= set(level["targets_met"])
+        assert all(isinstance(met, bool) for met in level["targets_met"].values())
 
 
 def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -> None:
@@ -63,6 +64,7 @@ def test_driver_compares_store_with_raw(pg_server: ServerInfo, tmp_path: Path) -
         "--lead-in", "0.1",
     )  # fmt: skip
     check_comparison(results, ("store", "raw"))
+    assert all(level["cpu_judged"] == "closed_loop" for level in results["levels"])
     profile = results["profile_cpu_us_per_op"]
     assert set(profile) == {"store", "raw", "layers_us_per_call"}
     assert "sqlalchemy pool" in profile["store"]
@@ -88,7 +90,9 @@ def test_instrumentation_records_every_operation(pg_server: ServerInfo, tmp_path
         for variant in equal["variants"].values():
             assert variant["ops"] > 0
         assert finite_positive(equal["cpu_per_op"])
+        assert finite_positive(equal["served"])
         assert "cpu_equal_load" in level["targets_met"]
+        assert level["cpu_judged"] == "equal_load"
     assert results["spans_exported"] > 0
     assert results["spans_exported"] == results["operations_observed"]
 
