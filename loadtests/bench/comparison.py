@@ -32,7 +32,7 @@ from loadtests.bench.database import Target, load_targets
 from loadtests.bench.duet import DuetVariant, run_duet
 from loadtests.bench.interleave import interleave
 from loadtests.bench.profiling import profile_variants
-from loadtests.bench.report import table
+from loadtests.bench.report import table, verdict_cell
 from loadtests.bench.sessions import APPEND, HISTORY, LIST, OPS_PER_TURN, Texts
 from loadtests.bench.stats import Summary, fmt, paired_ratios, percentile, ratio
 
@@ -161,11 +161,12 @@ async def compare(
         equal_cells: list[str] = []
         equal: tuple[float, float] | None = None
         if equal_load is not None:
-            pace = equal_load * min(a.ops_per_second, b.ops_per_second) / sessions / OPS_PER_TURN
+            offered = equal_load * min(a.ops_per_second, b.ops_per_second)  # ops/s
+            pace = offered / sessions / OPS_PER_TURN
             a_eq, b_eq = await _run_pair(subject, reference, targets, args, texts, pace)
             equal_cpu = ratio(a_eq.cpu_us_per_op, b_eq.cpu_us_per_op)
             equal_pairs = paired_ratios(a_eq.round_cpu_us, b_eq.round_cpu_us)
-            served = served_share(pace * sessions * OPS_PER_TURN, a_eq, b_eq)
+            served = served_share(offered, a_eq, b_eq)
             level["equal_load"] = {
                 "pace_turns_per_session": round(pace, 1),
                 "variants": {subject.name: a_eq.to_json(), reference.name: b_eq.to_json()},
@@ -180,7 +181,7 @@ async def compare(
                 fmt(equal[0], 3),
                 spread(equal_pairs),
                 fmt(equal[1], 3),
-                "yes" if met["cpu_equal_load"] else "NO",
+                verdict_cell(met["cpu_equal_load"]),
             ]
         level["targets_met"] = met
         level["cpu_judged"] = (
@@ -207,10 +208,10 @@ async def compare(
                 fmt(ops_ratio, 3),
                 fmt(cpu_ratio, 3),
                 spread(pairs),
-                "yes" if met["ops"] else "NO",
-                "yes" if met["cpu"] else "NO",
+                verdict_cell(met["ops"]),
+                verdict_cell(met["cpu"]),
                 *equal_cells,
-                "yes" if met["target"] else "NO",
+                verdict_cell(met["target"]),
             ]
         )
     pair = f"{subject.name}/{reference.name}"

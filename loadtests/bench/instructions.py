@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from loadtests.bench.database import Target
-from loadtests.bench.report import table
+from loadtests.bench.report import table, verdict_cell
 from loadtests.bench.sessions import LIST_EVERY, Texts, _turn
 
 #: Turns before ``gc.freeze()`` (both runs have at least this many).
@@ -209,8 +209,8 @@ def verdict(
     ratios = table(
         [f"instructions {subject.name}/{reference.name}", "est. cycles", f"{limit} instructions",
          f"{limit} cycles"],
-        [[f"{instructions:.3f}", f"{cycles:.3f}", _yes(instructions <= max_ratio),
-          _yes(cycles <= max_ratio)]],
+        [[f"{instructions:.3f}", f"{cycles:.3f}", verdict_cell(instructions <= max_ratio),
+          verdict_cell(cycles <= max_ratio)]],
     )  # fmt: skip
     results = {
         "variants": [dataclasses.asdict(v) for v in (subject, reference)],
@@ -220,10 +220,6 @@ def verdict(
         "ok": ok,
     }
     return results, per_variant + "\n\n" + ratios, ok
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "NO"
 
 
 async def _run_turns(backend: Any, target: Target, turns: int) -> dict[str, float]:

@@ -24,7 +24,15 @@ from prometheus_client import CollectorRegistry
 from loadtests.bench.backends import StoreBackend
 from loadtests.bench.database import bench_database, load_targets, seed_messages, server_setting
 from loadtests.bench.report import publish, report_dir, table
-from loadtests.bench.sessions import APPEND, HISTORY, LIST, OPERATIONS, Texts, run_paced
+from loadtests.bench.sessions import (
+    APPEND,
+    HISTORY,
+    LIST,
+    OPERATIONS,
+    OPS_PER_TURN,
+    Texts,
+    run_paced,
+)
 from loadtests.bench.stats import fmt
 from schema import StoreMetrics
 
@@ -154,7 +162,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
             ops_per_s = rnd.ops / rnd.seconds
             held = max(mean_latency - wait_mean, 0.0)
             busy = ops_per_s * held
-            offered = sessions * args.rate * (3 + 1 / 10)
+            offered = sessions * args.rate * OPS_PER_TURN
             bottleneck = 1000 * wait_p95 > WAIT_BOTTLENECK_MS
             in_use.sort()
             use_p95 = in_use[max(0, math.ceil(0.95 * len(in_use)) - 1)] if in_use else 0

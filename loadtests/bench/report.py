@@ -23,6 +23,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def verdict_cell(ok: bool) -> str:
+    """A target's cell: "yes", or "NO" in capitals so a miss stands out."""
+    return "yes" if ok else "NO"
+
+
 def report_dir(name: str, base: Path | None = None) -> Path:
     """A new, empty ``bench-<name>-<UTC timestamp>`` directory under ``base``."""
     base = REPORTS if base is None else base
