@@ -1,6 +1,6 @@
 """One asyncio event loop per Locust process, driven from gevent greenlets.
 
-Locust runs on gevent (``monkey.patch_all()`` at import); ``schema`` is asyncio.
+Locust runs on gevent (``monkey.patch_all()`` at import); ``chat_storage`` is asyncio.
 The loop runs in a real OS thread, started with the thread primitive gevent
 saved before patching, and polls with the original epoll selector (the patched
 ``selectors`` module would hand the loop gevent's cooperative selector, which

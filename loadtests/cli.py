@@ -2,7 +2,7 @@
 
 The database: ``DATABASE_URL`` if set (used as is: the users table must exist;
 only rows of users ``loadtest-<runid>-*`` are written, and deleted afterwards
-unless ``--keep-data``), else a scratch database on ``schema.devdb``'s server
+unless ``--keep-data``), else a scratch database on ``devdb``'s server
 (a minimal ``users`` stand-in is created there; the database is dropped at the end).
 
 Exit status: 0 when every operation met its p95 target with no failed request,
@@ -156,7 +156,7 @@ def resolve_database() -> Iterator[tuple[str, bool, str]]:
     if url:
         yield url, False, f"DATABASE_URL {redacted(url)}"
         return
-    from schema.devdb import provide_server, scratch_database
+    from devdb import provide_server, scratch_database
 
     with provide_server() as server, scratch_database(server.url, prefix="loadtest") as scratch:
         yield scratch, True, f"scratch database {redacted(scratch)} on {server.description}"
@@ -164,7 +164,7 @@ def resolve_database() -> Iterator[tuple[str, bool, str]]:
 
 def prepare(url: str, scratch: bool) -> None:
     """Ensure a users table (stand-in on scratch only) and migrate to head."""
-    from schema.migrations import upgrade
+    from chat_storage.migrations import upgrade
 
     async def check() -> bool:
         import asyncpg
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from schema.migrations import MigrationError
+        from chat_storage.migrations import MigrationError
 
         if isinstance(exc, MigrationError):
             print(f"error: migrations refused: {exc}", file=sys.stderr)

@@ -24,14 +24,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from schema.queries.base import Plan
+    from chat_storage.queries.base import Plan
 
 
 def install(delay_ms: float) -> None:
     """Patch ChatStore so its history read waits ``delay_ms`` on the server."""
-    from schema.queries.base import Statement
-    from schema.queries.messages import plan_get_history
-    from schema.store import ChatStore  # already imported when called from the hook
+    from chat_storage.queries.base import Statement
+    from chat_storage.queries.messages import plan_get_history
+    from chat_storage.store import ChatStore  # already imported when called from the hook
 
     history = plan_get_history(
         user_id="u", conversation_id="00000000-0000-0000-0000-000000000000"
@@ -56,11 +56,11 @@ def install(delay_ms: float) -> None:
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls install() right after schema.store is imported, not before.
+    """Calls install() right after chat_storage.store is imported, not before.
 
-    Importing schema here, at interpreter start-up, would import ssl and socket
+    Importing chat_storage here, at interpreter start-up, would import ssl and socket
     users before Locust's gevent monkey-patching; waiting for the first import
-    of schema.store leaves the process's import order as it was.
+    of chat_storage.store leaves the process's import order as it was.
     """
 
     def __init__(self, delay_ms: float) -> None:
@@ -69,7 +69,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "schema.store":
+        if fullname != "chat_storage.store":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)

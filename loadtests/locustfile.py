@@ -195,7 +195,7 @@ class _ChatUser(User):
 
 
 class StoreChatUser(_ChatUser):
-    """A chat client going through schema.ChatStore (request type ``chat``)."""
+    """A chat client going through chat_storage.ChatStore (request type ``chat``)."""
 
     request_type = "chat"
 

@@ -2,7 +2,7 @@
 environment variables, for the load harness (and any application that wants
 the same behaviour without ``opentelemetry-instrument``).
 
-The library (``schema/``) depends on ``opentelemetry-api`` only and never
+The library (``chat_storage``) depends on ``opentelemetry-api`` only and never
 configures an SDK; this module is the harness's choice. Read here:
 
 * ``OTEL_SDK_DISABLED=true``: nothing is configured.

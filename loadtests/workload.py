@@ -1,10 +1,10 @@
 """What a simulated user does to the database: the same five operations on two paths.
 
-* :class:`StoreBackend`: ``schema.ChatStore`` on ``schema.create_engine`` (the
+* :class:`StoreBackend`: ``chat_storage.ChatStore`` on ``chat_storage.create_engine`` (the
   package as an application uses it: SQLAlchemy pool, spans, metrics, error
   translation).
 * :class:`RawBackend`: an ``asyncpg.create_pool`` running the very same SQL
-  (the compiled statements of ``schema.queries``; asyncpg prepares and caches
+  (the compiled statements of ``chat_storage.queries``; asyncpg prepares and caches
   them per connection), one statement per operation, the CTE append included.
   Arguments and rows go through the same plans, so the difference between the
   two is what ChatStore adds on top of the driver.
@@ -87,16 +87,16 @@ class StoreBackend:
     def _get(self) -> Any:
         # Called inside the loop (single-threaded): no lock needed.
         if self._store is None:
-            import schema
+            import chat_storage
 
             if self._metrics is None and self._registry is not None:
-                self._metrics = schema.StoreMetrics(self._registry)
-            engine = schema.create_engine(
+                self._metrics = chat_storage.StoreMetrics(self._registry)
+            engine = chat_storage.create_engine(
                 database_url=self._url,
                 pool_size=self._pool_size,
                 max_overflow=self._max_overflow,
             )
-            self._store = schema.ChatStore(engine, metrics=self._metrics)
+            self._store = chat_storage.ChatStore(engine, metrics=self._metrics)
         return self._store
 
     async def warm(self) -> None:
@@ -169,24 +169,24 @@ class RawBackend:
         return plan.finish(rows)
 
     async def create(self, user_id: str) -> uuid.UUID:
-        from schema.queries.conversations import plan_create_conversation
+        from chat_storage.queries.conversations import plan_create_conversation
 
         return (await self._run(plan_create_conversation(user_id=user_id))).id  # type: ignore[no-any-return]
 
     async def list(self, user_id: str, limit: int) -> list[uuid.UUID]:
-        from schema.queries.conversations import plan_list_conversations
+        from chat_storage.queries.conversations import plan_list_conversations
 
         page = await self._run(plan_list_conversations(user_id=user_id, limit=limit))
         return [c.id for c in page.items]
 
     async def history(self, user_id: str, conversation: uuid.UUID, limit: int) -> int:
-        from schema.queries.messages import plan_get_history
+        from chat_storage.queries.messages import plan_get_history
 
         plan = plan_get_history(user_id=user_id, conversation_id=conversation, limit=limit)
         return len((await self._run(plan)).items)
 
     async def append(self, user_id: str, conversation: uuid.UUID, role: str, text: str) -> None:
-        from schema.queries.messages import plan_add_message
+        from chat_storage.queries.messages import plan_add_message
 
         plan = plan_add_message(
             user_id=user_id, conversation_id=conversation, role=role, content=text
@@ -194,8 +194,8 @@ class RawBackend:
         await self._run(plan)
 
     async def archive(self, user_id: str, conversation: uuid.UUID) -> None:
-        from schema.models import ConversationStatus
-        from schema.queries.conversations import plan_set_status
+        from chat_storage.models import ConversationStatus
+        from chat_storage.queries.conversations import plan_set_status
 
         plan = plan_set_status(
             user_id=user_id, conversation_id=conversation, status=ConversationStatus.ARCHIVED

@@ -1,6 +1,6 @@
 """Shared fixtures: one real PostgreSQL per test run, a scratch database on it.
 
-The server comes from schema.devdb (DATABASE_URL, else Docker, else an embedded
+The server comes from devdb (DATABASE_URL, else Docker, else an embedded
 PostgreSQL); the database is created for the run, holds a stand-in for the
 existing application's tables, is migrated to head, and is dropped afterwards.
 Tests isolate themselves by creating their own users (random ids).
@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schema import ChatStore, create_engine
-from schema.devdb import ServerInfo, provide_server, scratch_database
-from schema.migrations import upgrade
+from chat_storage import ChatStore, create_engine
+from chat_storage.migrations import upgrade
+from devdb import ServerInfo, provide_server, scratch_database
 from tests.app_schema import create_app_tables
 from tests.pgbouncer import pgbouncer
 

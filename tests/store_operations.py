@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from schema import ChatStore
+from chat_storage import ChatStore
 
 Operation = Callable[[], Awaitable[object]]
 

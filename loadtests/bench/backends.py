@@ -1,7 +1,7 @@
 """The workload's three operations on two paths: ChatStore, and raw asyncpg.
 
 :class:`RawBackend` is the reference: the very same SQL (the compiled
-statements of ``schema.queries``), prepared and cached by asyncpg on each
+statements of ``chat_storage.queries``), prepared and cached by asyncpg on each
 connection, arguments and rows through the same plans. Its connections wait in
 a first-come, first-served handoff (:class:`Handoff`), not ``asyncpg.Pool``,
 which sends a reset query on every release (an extra round trip) and lets fast
@@ -22,11 +22,11 @@ import asyncpg
 from opentelemetry import trace
 from sqlalchemy.engine import make_url
 
-from schema import ChatStore, StoreMetrics, create_engine
-from schema.queries.base import Plan
-from schema.queries.conversations import plan_list_conversations
-from schema.queries.messages import plan_add_message, plan_get_history
-from schema.tracing import StatementTracing, instrument_statements
+from chat_storage import ChatStore, StoreMetrics, create_engine
+from chat_storage.queries.base import Plan
+from chat_storage.queries.conversations import plan_list_conversations
+from chat_storage.queries.messages import plan_add_message, plan_get_history
+from chat_storage.tracing import StatementTracing, instrument_statements
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,7 +50,7 @@ class Backend(Protocol):
 
 
 class StoreBackend:
-    """``ChatStore`` on ``schema.create_engine`` with the given pool."""
+    """``ChatStore`` on ``chat_storage.create_engine`` with the given pool."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Where a benchmark runs: a scratch database on the development server, seeded.
 
-The server is ``--server-url`` if given, else ``schema.devdb.provide_server()``
+The server is ``--server-url`` if given, else ``devdb.provide_server()``
 (``DATABASE_URL`` if set, else an embedded PostgreSQL). The benchmark always
 gets a fresh database with a minimal ``users`` table, migrated to head, and
 dropped afterwards, so a run leaves nothing behind.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from chat_storage.migrations import upgrade
+from devdb import provide_server, scratch_database
 from loadtests.seed import SeedPlan, seed
-from schema.devdb import provide_server, scratch_database
-from schema.migrations import upgrade
 
 
 @dataclass(frozen=True, slots=True)

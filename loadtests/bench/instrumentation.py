@@ -6,7 +6,7 @@ default 1%, parent-based, and a ``BatchSpanProcessor``; ``--sample-ratio 1
 --processor simple`` measures every span exported synchronously) over an
 exporter that drops the spans (so the cost measured is the instrumentation's,
 not an exporter's), and the SQLAlchemy statement
-instrumentation on the engine (``schema.tracing.instrument_statements``: the
+instrumentation on the engine (``chat_storage.tracing.instrument_statements``: the
 hot path bypasses SQLAlchemy's execute, but its pool listeners still run).
 Off: ``metrics=None`` and the default (no-op) global tracer.
 
@@ -59,6 +59,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
+from chat_storage import StoreMetrics
 from loadtests.bench import instructions
 from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
@@ -66,7 +67,6 @@ from loadtests.bench.database import bench_database, load_targets, seed_messages
 from loadtests.bench.duet import DuetVariant
 from loadtests.bench.report import publish, report_dir
 from loadtests.bench.sessions import Texts
-from schema import StoreMetrics
 
 LIMITS = Limits(min_ops_ratio=0.95, max_cpu_ratio=1.05)
 #: --instructions' exit status when a ratio is over the target (1: it failed to count).

@@ -22,11 +22,11 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sqlalchemy.util import greenlet_spawn
 
-from schema import StoreMetrics, create_engine
-from schema.metrics import observe_pool
-from schema.pool import FairAsyncQueuePool
-from schema.queries.messages import plan_add_message
-from schema.tracing import get_tracer, instrument_statements
+from chat_storage import StoreMetrics, create_engine
+from chat_storage.metrics import observe_pool
+from chat_storage.pool import FairAsyncQueuePool
+from chat_storage.queries.messages import plan_add_message
+from chat_storage.tracing import get_tracer, instrument_statements
 
 
 class _Discard(SpanExporter):
@@ -81,7 +81,7 @@ async def layer_costs(url: str, n: int = 5000) -> dict[str, float]:
         fairy.close()
 
     def lend_give_back() -> None:
-        # ChatStore's path when nobody listens to pool events (schema/pool.py).
+        # ChatStore's path when nobody listens to pool events (chat_storage/pool.py).
         record = pool.lend()
         if record is None or not pool.give_back(record):
             raise RuntimeError("the idle connection was not lent directly")

@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from chat_storage import StoreMetrics
 from loadtests.bench.backends import StoreBackend
 from loadtests.bench.database import bench_database, load_targets, seed_messages, server_setting
 from loadtests.bench.report import publish, report_dir, table
@@ -34,7 +35,6 @@ from loadtests.bench.sessions import (
     run_paced,
 )
 from loadtests.bench.stats import fmt
-from schema import StoreMetrics
 
 #: Pool wait (p95) above which the pool, not the database or the client, is the bottleneck.
 WAIT_BOTTLENECK_MS = 1.0

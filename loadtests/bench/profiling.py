@@ -29,7 +29,7 @@ _CATEGORIES = (
     ("prometheus_client", "prometheus_client"),
     ("greenlet", "greenlet"),
     ("asyncio", "asyncio"),
-    ("/schema/", "schema"),
+    ("/chat_storage/", "chat_storage"),
     ("/loadtests/", "benchmark harness"),
 )
 

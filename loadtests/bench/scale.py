@@ -21,12 +21,12 @@ from typing import Any
 
 import asyncpg
 
+from chat_storage.queries.messages import plan_get_history
 from loadtests.bench.backends import HISTORY_LIMIT, StoreBackend
 from loadtests.bench.database import Target, bench_database, seed_messages
 from loadtests.bench.report import publish, report_dir, table
 from loadtests.bench.sessions import APPEND, HISTORY, Texts, run_paced
 from loadtests.bench.stats import Summary, fmt, ratio
-from schema.queries.messages import plan_get_history
 
 MAX_P95_RATIO = 1.2
 

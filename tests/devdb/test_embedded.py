@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL (schema.embedded) and where test databases come from (schema.devdb)."""
+"""The embedded PostgreSQL (devdb.embedded) and where test databases come from (devdb)."""
 
 from __future__ import annotations
 
@@ -18,19 +18,19 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from schema.devdb import (
+from devdb import (
     SOURCE_ENV,
     NoDatabaseAvailable,
     provide_server,
     redact_url,
     scratch_database,
 )
-from schema.embedded import EmbeddedPostgres, EmbeddedPostgresError, system_bin_dir
+from devdb.embedded import EmbeddedPostgres, EmbeddedPostgresError, system_bin_dir
 
-EMBEDDED_PY = Path(__file__).resolve().parents[2] / "schema" / "embedded.py"
+EMBEDDED_PY = Path(__file__).resolve().parents[2] / "devdb" / "embedded.py"
 
 # An owner that starts a server, says where it is, and waits to be killed. It loads
-# schema/embedded.py by path: importing the schema package would cost a second.
+# devdb/embedded.py by path: importing the devdb package would cost a second.
 OWNER_SCRIPT = f"""
 import importlib.util, json, sys, time
 spec = importlib.util.spec_from_file_location("embedded", {str(EMBEDDED_PY)!r})

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from schema.queries.messages import plan_get_history
+from chat_storage.queries.messages import plan_get_history
 
 SMALL, LARGE = 100_000, 1_000_000
 #: Per seeded batch: conversations of 20 messages, plus one of batch size / 33.

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from schema.devdb import ServerInfo, scratch_database
-from schema.migrations import upgrade
+from chat_storage.migrations import upgrade
+from devdb import ServerInfo, scratch_database
 from tests.app_schema import create_app_tables
 from tests.gate.history_buffers import (
     INTENDED_INDEX,

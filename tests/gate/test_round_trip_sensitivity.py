@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from schema import ChatStore, Conversation, create_engine
-from schema.cursor import Page
+from chat_storage import ChatStore, Conversation, create_engine
+from chat_storage.cursor import Page
 from tests.conftest import MakeUser
 from tests.pgproxy import CountingProxy
 

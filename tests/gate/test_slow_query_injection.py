@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from chat_storage import ChatStore
+from chat_storage.store import ChatStore as StoreClass
 from loadtests.gate_slow_query import install
-from schema import ChatStore
-from schema.store import ChatStore as StoreClass
 from tests.conftest import MakeUser
 
 

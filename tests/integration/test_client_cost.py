@@ -6,7 +6,7 @@ warm-up call (statement compiled, prepared on the connection, pool warm):
 * SQLAlchemy compilations: a cached ``Statement`` is compiled once per process;
   a warmed-up call compiles nothing. Recompiling on every call costs hundreds
   of microseconds (more than the whole driver round trip on loopback).
-* Python function calls made by ``schema`` and ``sqlalchemy`` code during the
+* Python function calls made by ``chat_storage`` and ``sqlalchemy`` code during the
   call (``sys.setprofile``). asyncio's and asyncpg's internals are left out:
   how often the event loop spins depends on when bytes arrive, which is timing,
   not our code. The count is stable run to run and tracks client CPU closely
@@ -44,14 +44,14 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 from sqlalchemy.sql import compiler
 
-import schema
-from schema import ChatStore, StoreMetrics, create_engine, instrument_statements
+import chat_storage
+from chat_storage import ChatStore, StoreMetrics, create_engine, instrument_statements
 from tests.conftest import MakeUser
 from tests.store_operations import Operation, every_operation
 
 BUDGET_PATH = Path(__file__).resolve().parents[1] / "gate" / "client_cost_budget.json"
 _WATCHED = (
-    str(Path(schema.__file__).resolve().parent),
+    str(Path(chat_storage.__file__).resolve().parent),
     str(Path(sqlalchemy.__file__).resolve().parent),
 )
 #: Where the instrumentation's own work happens (the SDK included).
@@ -98,7 +98,7 @@ def count_compilations() -> Iterator[list[int]]:
 
 @contextmanager
 def count_calls(watched: tuple[str, ...] = _WATCHED) -> Iterator[list[int]]:
-    """Counts Python function calls into ``watched`` (schema/ and sqlalchemy/) while open.
+    """Counts Python function calls into ``watched`` (chat_storage/ and sqlalchemy/) while open.
 
     Greenlets share the thread's profile function, so the statement's greenlet
     (checkout, fetch, checkin) is counted as well as the coroutine.
@@ -196,7 +196,7 @@ async def test_recompiling_statement_is_caught(
     cost_store: ChatStore, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Statement that forgets its compiled SQL fails the budget (the guard can fail)."""
-    from schema.queries.base import Statement
+    from chat_storage.queries.base import Statement
 
     original = Statement.compile
 
@@ -246,7 +246,7 @@ async def instrumentation_cost(
     plain: ChatStore, instrumented: ChatStore, user: str, *, in_request: bool = False
 ) -> dict[str, dict[str, int]]:
     """Python calls the instrumentation adds per warmed-up call of each operation
-    (into schema/, sqlalchemy/, opentelemetry/ and prometheus_client/), as a root
+    (into chat_storage/, sqlalchemy/, opentelemetry/ and prometheus_client/), as a root
     operation or (``in_request``) under a caller's unsampled span."""
     watched = _WATCHED + _INSTRUMENTATION
     plain_ops = await every_operation(plain, user)

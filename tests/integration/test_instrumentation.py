@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schema import (
+from chat_storage import (
     LATENCY_BUCKETS,
     ChatStore,
     ContentTooLong,
@@ -347,7 +347,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from schema import ChatStore, create_engine
+from chat_storage import ChatStore, create_engine
 
 async def main(url, user):
     store = ChatStore(create_engine(database_url=url, pool_size=1))
@@ -420,7 +420,7 @@ def test_unsampled_check_reads_the_context_as_the_api_does() -> None:
     the public get_current_span()'s answer, and is the one in use."""
     from opentelemetry import context
 
-    from schema import tracing
+    from chat_storage import tracing
 
     assert tracing._FAST, "the API moved its context, span key or SpanContext: fast path lost"
     provider = TracerProvider()
@@ -449,7 +449,7 @@ def test_store_observes_into_the_series_of_the_thread_it_runs_on(
 ) -> None:
     """A store whose engine moves to another thread's event loop observes into
     that thread's series; the counts add up across both."""
-    from schema.histogram import ShardedHistogram
+    from chat_storage.histogram import ShardedHistogram
 
     metrics = StoreMetrics(registry)
     engine = create_engine(database_url=database_url)

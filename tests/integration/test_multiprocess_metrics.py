@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from schema import ChatStore, InvalidLimit, StoreMetrics, create_engine
+from chat_storage import ChatStore, InvalidLimit, StoreMetrics, create_engine
 from tests.conftest import MakeUser
 
 WORKERS = 3

@@ -1,4 +1,4 @@
-"""ChatStore's direct use of the pool (schema/pool.py, ChatStore._fetch).
+"""ChatStore's direct use of the pool (chat_storage/pool.py, ChatStore._fetch).
 
 A ready idle connection is lent straight off the queue, without SQLAlchemy's
 fairy, when nobody listens to the pool's checkout and checkin events; every
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import base as pool_base
 from sqlalchemy.util.queue import Empty
 
-from schema import ChatStore, StoreMetrics, create_engine
+from chat_storage import ChatStore, StoreMetrics, create_engine
 
 EngineFactory = Callable[..., AsyncEngine]
 

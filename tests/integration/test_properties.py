@@ -10,7 +10,7 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schema import ChatStore, ChatStoreError, ConversationNotFound, Message
+from chat_storage import ChatStore, ChatStoreError, ConversationNotFound, Message
 from tests.conftest import MakeUser
 
 FAST = settings(

@@ -11,18 +11,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from schema import ConversationStatus
-from schema.devdb import ServerInfo, scratch_database
-from schema.migrations import upgrade
-from schema.queries.base import Plan
-from schema.queries.conversations import (
+from chat_storage import ConversationStatus
+from chat_storage.migrations import upgrade
+from chat_storage.queries.base import Plan
+from chat_storage.queries.conversations import (
     plan_create_conversation,
     plan_delete_conversation,
     plan_get_conversation,
     plan_list_conversations,
     plan_set_status,
 )
-from schema.queries.messages import plan_add_message, plan_get_history
+from chat_storage.queries.messages import plan_add_message, plan_get_history
+from devdb import ServerInfo, scratch_database
 from tests.app_schema import create_app_tables
 
 USERS, CONVERSATIONS_PER_USER, MESSAGES_PER_CONVERSATION = 490, 10, 20
@@ -142,7 +142,7 @@ async def test_history_read_of_long_conversation_walks_sequence_index(
 
 async def test_history_next_page_uses_sequence_index(conn: asyncpg.Connection) -> None:
     """A history page before a cursor is still an index range scan."""
-    from schema.cursor import encode_history_cursor
+    from chat_storage.cursor import encode_history_cursor
 
     user, conversation = await some_conversation(conn, "plan-long")
     plan = plan_get_history(
@@ -171,7 +171,7 @@ async def test_listing_next_page_uses_recent_index(conn: asyncpg.Connection) -> 
     """A listing page after a cursor is an index range scan too."""
     from datetime import UTC, datetime
 
-    from schema.cursor import encode_list_cursor
+    from chat_storage.cursor import encode_list_cursor
 
     cursor = encode_list_cursor(datetime.now(UTC), uuid.uuid4())
     found = await explain(conn, plan_list_conversations(user_id="plan-heavy", cursor=cursor))

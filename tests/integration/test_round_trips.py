@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from schema import ChatStore, create_engine
+from chat_storage import ChatStore, create_engine
 from tests.conftest import MakeUser
 from tests.pgproxy import CountingProxy
 from tests.store_operations import every_operation

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schema import (
+from chat_storage import (
     ChatStore,
     ConversationArchived,
     ConversationNotFound,

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from chat_storage import Settings
+from devdb import ServerInfo
 from loadtests.bench.backends import Handoff, StoreBackend
 from loadtests.bench.cli import main
 from loadtests.bench.pool import sample_in_use
 from loadtests.bench.sessions import OPS_PER_TURN
 from loadtests.bench.stats import percentile
-from schema import Settings
-from schema.devdb import ServerInfo
 
 TINY = ["--seconds", "0.4", "--warmup", "0.1"]
 

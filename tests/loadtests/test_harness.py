@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from schema.devdb import ServerInfo, scratch_database
+from devdb import ServerInfo, scratch_database
 from tests.app_schema import create_app_tables
 from tests.loadtests.collector import Collector, running_collector
 

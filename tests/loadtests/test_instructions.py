@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from devdb import ServerInfo
 from loadtests.bench.database import Target, bench_database, load_targets, seed_messages
 from loadtests.bench.instructions import Counts, PerOperation, operations, verdict
 from loadtests.bench.instrumentation import Options
 from loadtests.bench.sessions import Texts, _turn
-from schema.devdb import ServerInfo
 
 CACHEGRIND_OUT = """\
 desc: I1 cache:         32768 B, 64 B, 8-way associative

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from chat_storage import ChatStore
 from loadtests.telemetry import configure_tracing
-from schema import ChatStore
 from tests.loadtests.collector import Collector, running_collector
 
 

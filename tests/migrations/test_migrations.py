@@ -14,8 +14,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from schema import Base, create_unpooled_engine
-from schema.migrations import MigrationError, downgrade, upgrade
+from chat_storage import Base, create_unpooled_engine
+from chat_storage.migrations import MigrationError, downgrade, upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 

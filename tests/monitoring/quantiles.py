@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from schema import InvalidInput
+from chat_storage import InvalidInput
 
 T = TypeVar("T")
 

@@ -35,8 +35,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
-from schema import ChatStore, InvalidLimit, NotFound, StoreMetrics, create_engine
-from schema.metrics import LATENCY_BUCKETS
+from chat_storage import ChatStore, InvalidLimit, NotFound, StoreMetrics, create_engine
+from chat_storage.metrics import LATENCY_BUCKETS
 from tests.monitoring.quantiles import Harness, agrees_within_a_bucket, nearest_rank
 from tests.monitoring.test_static import (
     MONITORING,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schema.metrics import LATENCY_BUCKETS
+from chat_storage.metrics import LATENCY_BUCKETS
 from tests.monitoring.quantiles import agrees_within_a_bucket, bucket_index, nearest_rank
 
 

@@ -5,7 +5,7 @@ promtool fails these tests rather than skipping them.
 
 Metric names used by dashboards and rules must exist in one of:
 
-* our exposition: ``schema.metrics.StoreMetrics`` rendered by prometheus-client;
+* our exposition: ``chat_storage.metrics.StoreMetrics`` rendered by prometheus-client;
 * postgres_exporter's extended queries (monitoring/postgres_exporter_queries.yaml),
   named ``<namespace>_<column>`` for every non-LABEL column;
 * :data:`EXPORTER_DEFAULT_METRICS`, the postgres_exporter 0.11 built-in metrics
@@ -34,7 +34,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from schema.metrics import StoreMetrics
+from chat_storage.metrics import StoreMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from schema import (
+from chat_storage import (
     ChatStore,
     ChatStoreError,
     ContentTooLong,
@@ -25,7 +25,7 @@ from schema import (
     InvalidMetadata,
     InvalidRole,
 )
-from schema.cursor import encode_history_cursor
+from chat_storage.cursor import encode_history_cursor
 from tests.conftest import MakeUser
 
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schema import (
+from chat_storage import (
     ChatStore,
     DatabaseUnavailable,
     PoolTimeout,
@@ -109,7 +109,7 @@ async def test_saturated_pool_serves_callers_in_arrival_order(
 
     SQLAlchemy's own asyncio pool lets the task that just returned a connection
     take it back before the woken waiter runs; under load that starved callers
-    until pool_timeout (see schema/pool.py).
+    until pool_timeout (see chat_storage/pool.py).
     """
     engine = engine_factory(pool_size=1, max_overflow=0)  # type: ignore[operator]
     store = ChatStore(engine)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from schema import ChatStore, ChatStoreError, create_engine
+from chat_storage import ChatStore, ChatStoreError, create_engine
 from tests.conftest import MakeUser
 from tests.pgbouncer import pgbouncer
 

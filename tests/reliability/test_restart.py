@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
-from schema import ChatStore, DatabaseUnavailable, TransientError, create_engine
-from schema.devdb import scratch_database
-from schema.embedded import EmbeddedPostgres
-from schema.migrations import upgrade
+from chat_storage import ChatStore, DatabaseUnavailable, TransientError, create_engine
+from chat_storage.migrations import upgrade
+from devdb import scratch_database
+from devdb.embedded import EmbeddedPostgres
 from tests.app_schema import create_app_tables
 
 SESSIONS = 100  # 10 users with 10 conversations each, one session per conversation

@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.engine import make_url
 
-from schema import ChatStore, ChatStoreError, Settings, StoreMetrics, create_engine
-from schema.engine import _connect_args, build_ssl_context, redact, to_asyncpg_url
-from schema.privileges import grant_statements
+from chat_storage import ChatStore, ChatStoreError, Settings, StoreMetrics, create_engine
+from chat_storage.engine import _connect_args, build_ssl_context, redact, to_asyncpg_url
+from chat_storage.privileges import grant_statements
 from tests.conftest import MakeUser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_neon_url_is_accepted_as_pasted() -> None:
     assert url.drivername == "postgresql+asyncpg"
     assert dict(url.query) == {}
     engine = create_engine(database_url=NEON)
-    from schema.engine import engine_pooler_mode
+    from chat_storage.engine import engine_pooler_mode
 
     assert engine_pooler_mode(engine)
 

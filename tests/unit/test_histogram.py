@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from schema.histogram import ShardedHistogram
+from chat_storage.histogram import ShardedHistogram
 
 BUCKETS = (0.001, 0.005, 0.01, 0.1)
 AMOUNTS = (0.0, 0.001, 0.0011, 0.004, 0.005, 0.02, 0.1, 0.5, 7.0)

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import Empty, Full
 
-from schema import pool as pool_module
-from schema.pool import FairAsyncQueuePool, FairQueue
+from chat_storage import pool as pool_module
+from chat_storage.pool import FairAsyncQueuePool, FairQueue
 
 
 async def get(queue: FairQueue[str], max_wait: float | None = None) -> str:
@@ -76,7 +76,7 @@ async def test_lifo_and_capacity_follow_the_queue_protocol() -> None:
 
 
 class FakeClock:
-    """Stands in for ``time`` in schema.pool: monotonic() returns ``now``."""
+    """Stands in for ``time`` in chat_storage.pool: monotonic() returns ``now``."""
 
     def __init__(self) -> None:
         self.now = 1000.0

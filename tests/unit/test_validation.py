@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schema import (
+from chat_storage import (
     MAX_METADATA_BYTES,
     ContentTooLong,
     InvalidContent,
@@ -18,13 +18,13 @@ from schema import (
     InvalidRole,
     MessageRole,
 )
-from schema.cursor import (
+from chat_storage.cursor import (
     decode_history_cursor,
     decode_list_cursor,
     encode_history_cursor,
     encode_list_cursor,
 )
-from schema.validation import (
+from chat_storage.validation import (
     check_content,
     check_limit,
     check_role,

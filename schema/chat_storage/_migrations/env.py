@@ -15,9 +15,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from schema.engine import create_unpooled_engine, to_asyncpg_url
-from schema.models import Base
-from schema.settings import Settings
+from chat_storage.engine import create_unpooled_engine, to_asyncpg_url
+from chat_storage.models import Base
+from chat_storage.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

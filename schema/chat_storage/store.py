@@ -90,7 +90,7 @@ class ChatStore:
         """Bind the store to ``engine`` (its pool is shared, not owned).
 
         Args:
-            engine: from :func:`schema.create_engine`, or the host application's.
+            engine: from :func:`chat_storage.create_engine`, or the host application's.
             metrics: where to record latency, errors and pool use; None records nothing.
             tracer_provider: default the global one (a no-op until an SDK is set).
             spans_under_unsampled_parents: start operation spans even when the

@@ -190,7 +190,7 @@ def _driver_error(exc: BaseException) -> BaseException:
 
 def error_for(exc: BaseException) -> ChatStoreError | None:
     """The public error for a driver or SQLAlchemy exception, or None if it is not one."""
-    # Imported here: keeps `import schema` free of the driver and SQLAlchemy's exc
+    # Imported here: keeps `import chat_storage` free of the driver and SQLAlchemy's exc
     # module for code paths that never touch a database.
     import asyncpg
     from sqlalchemy import exc as sa_exc

@@ -1,9 +1,10 @@
 """Run this package's Alembic migrations from Python (tests, the load harness, deploys).
 
-The migrations live in the repository's ``alembic/`` directory beside this
-package; they record their revision in ``chat_storage_alembic_version``, never
-in the existing application's ``alembic_version``. These functions call
-``asyncio.run`` (through alembic/env.py), so call them outside an event loop.
+The migrations ship inside this package (``chat_storage/_migrations``, Alembic's
+script directory; a checkout's top-level ``alembic/`` links to it); they record
+their revision in ``chat_storage_alembic_version``, never in the existing
+application's ``alembic_version``. These functions call ``asyncio.run`` (through
+the script directory's env.py), so call them outside an event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from alembic.util import CommandError
 
 __all__ = ["MigrationError", "alembic_config", "downgrade", "upgrade"]
 
-_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+_SCRIPT_LOCATION = Path(__file__).resolve().parent / "_migrations"
+_VERSION_TABLE = "chat_storage_alembic_version"
 
 
 class MigrationError(RuntimeError):
@@ -24,14 +26,10 @@ class MigrationError(RuntimeError):
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic Config for our migrations against ``url``.
-
-    Raises:
-        MigrationError: the alembic directory is not beside the package (not a checkout).
-    """
-    if not _INI.exists():
-        raise MigrationError(f"alembic.ini not found at {_INI}; run from a source checkout")
-    config = Config(str(_INI))
+    """An Alembic Config for our migrations against ``url`` (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPT_LOCATION))
+    config.set_main_option("version_table", _VERSION_TABLE)
     config.attributes["url"] = url
     return config
 

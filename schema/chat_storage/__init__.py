@@ -3,7 +3,7 @@
 Two tables, ``conversations`` and ``messages``, beside an existing application's
 ``users``; a :class:`ChatStore` that runs each chat operation in one round trip;
 the same operations as plain query functions for a caller's own transaction
-(:mod:`schema.queries`); Prometheus metrics and OpenTelemetry spans.
+(:mod:`chat_storage.queries`); Prometheus metrics and OpenTelemetry spans.
 
 Importing this package creates no engine, reads no settings and registers no
 metric: the caller builds them.

@@ -6,7 +6,7 @@ from small fixed sets (operation names, outcomes, error class names), never
 from user ids, conversation ids or text.
 
 In one process the two histograms observed on every operation (its duration,
-its wait for a connection) are :class:`~schema.histogram.ShardedHistogram`:
+its wait for a connection) are :class:`~chat_storage.histogram.ShardedHistogram`:
 the same exposition as prometheus-client's ``Histogram`` without its two locks
 per observation (see histogram.py for the measurement).
 

@@ -21,7 +21,7 @@ directory is cached per binary directory and version and copied for each server.
 PostgreSQL refuses to run as root; as root, the server runs as ``nobody``.
 
 The supervisor imports only the standard library and is run by file path in
-isolated mode (``python -I``): importing the ``schema`` package would cost a
+isolated mode (``python -I``): importing the ``chat_storage`` package would cost a
 second of SQLAlchemy imports on every start.
 """
 
@@ -892,7 +892,7 @@ def _supervise(config: dict[str, Any]) -> int:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != _SUPERVISE_FLAG:
-        print(f"usage: python -m schema.embedded {_SUPERVISE_FLAG} CONFIG_JSON", file=sys.stderr)
+        print(f"usage: python -m devdb.embedded {_SUPERVISE_FLAG} CONFIG_JSON", file=sys.stderr)
         return 2
     return _supervise(json.loads(argv[1]))
 

@@ -16,7 +16,7 @@ histogram's counts must never go down: a process keeps one small series per
 thread and label set that ever observed.
 
 Only for one process: in prometheus-client's multiprocess mode values must
-live in its shared files, so :class:`~schema.metrics.StoreMetrics` uses the
+live in its shared files, so :class:`~chat_storage.metrics.StoreMetrics` uses the
 library's ``Histogram`` there.
 """
 

