@@ -513,14 +513,22 @@ def postgres() -> dict[str, Any]:
     )
 
 
+def rendered() -> dict[str, str]:
+    """Each dashboard's file name and the exact text this script writes for it."""
+    return {
+        f"{name}.json": json.dumps(build(), indent=2) + "\n"
+        for name, build in (
+            ("chat-storage-overview", overview),
+            ("chat-storage-postgres", postgres),
+            ("chat-storage-loadtest", loadtest),
+        )
+    }
+
+
 def main() -> None:
-    for name, build in (
-        ("chat-storage-overview", overview),
-        ("chat-storage-postgres", postgres),
-        ("chat-storage-loadtest", loadtest),
-    ):
-        path = HERE / f"{name}.json"
-        path.write_text(json.dumps(build(), indent=2) + "\n")
+    for name, text in rendered().items():
+        path = HERE / name
+        path.write_text(text)
         print(f"wrote {path}")
 
 
