@@ -2,8 +2,14 @@
 
 Only our two tables are ours to manage: the existing application's tables
 (``users`` and everything else) are skipped by autogenerate, and our revisions
-are recorded in ``chat_storage_alembic_version`` (alembic.ini), beside, never in,
-the application's own ``alembic_version``.
+are recorded in ``chat_storage_alembic_version``, beside, never in, the
+application's own ``alembic_version``.
+
+The URL comes from ``-x url=...``, the caller's Config (chat_storage.migrations),
+CHAT_STORAGE_MIGRATION_URL or DATABASE_URL, in that order. Offline (``--sql``)
+needs none: the SQL is rendered for PostgreSQL without connecting. Failures are
+raised as chat_storage.migrations errors, which the ``alembic`` command prints as
+one line.
 """
 
 from __future__ import annotations
@@ -12,16 +18,28 @@ import asyncio
 import os
 from typing import Any
 
+import asyncpg
 from alembic import context
-from sqlalchemy.engine import Connection
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, make_url
 
-from chat_storage.engine import create_unpooled_engine, to_asyncpg_url
+from chat_storage.engine import create_unpooled_engine, redact
+from chat_storage.migrations import (
+    VERSION_TABLE,
+    DatabaseUnreachable,
+    MigrationError,
+    NoDatabaseURL,
+)
 from chat_storage.models import Base
 from chat_storage.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
 OUR_TABLES = frozenset(t.name for t in Base.metadata.sorted_tables if not t.info.get("external"))
+# What a failed connect raises: the socket's errors (refused, unknown host, TLS),
+# the server's refusals (no such database or role, bad password), and SQLAlchemy's
+# wrapping of either.
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _database_url() -> str:
@@ -32,11 +50,11 @@ def _database_url() -> str:
         or os.environ.get("DATABASE_URL")
     )
     if not url:
-        raise SystemExit(
-            "No database URL: pass -x url=postgresql://..., or set "
-            "CHAT_STORAGE_MIGRATION_URL or DATABASE_URL."
+        raise NoDatabaseURL(
+            "no database URL: pass -x url=postgresql://..., or set "
+            "CHAT_STORAGE_MIGRATION_URL or DATABASE_URL"
         )
-    return url
+    return str(url)
 
 
 def include_object(
@@ -53,7 +71,7 @@ def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        version_table=config.get_main_option("version_table", "chat_storage_alembic_version"),
+        version_table=config.get_main_option("version_table", VERSION_TABLE),
         include_object=include_object,
         compare_type=True,
         transaction_per_migration=True,
@@ -61,10 +79,26 @@ def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """The driver's own words for ``exc``: asyncpg's message and SQLSTATE when there is one."""
+    seen: BaseException | None = exc
+    # SQLAlchemy wraps asyncpg's error in its adapter's, which it wraps again.
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, asyncpg.PostgresError):
+            message = getattr(seen, "message", None) or type(seen).__name__
+            return f"{message} (SQLSTATE {seen.sqlstate})"
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def run_migrations_offline() -> None:
-    """Emit SQL to stdout (``alembic upgrade head --sql``) for DBAs who review it."""
+    """Emit SQL to the output (``--sql``) for review; no URL or connection needed."""
     _configure(
-        url=to_asyncpg_url(_database_url()),
+        dialect_name="postgresql",
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -74,15 +108,33 @@ def run_migrations_offline() -> None:
 
 def _run_sync(connection: Connection) -> None:
     _configure(connection)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def _run_async() -> None:
-    engine = create_unpooled_engine(Settings(database_url=_database_url()))
     try:
-        async with engine.connect() as connection:
+        with context.begin_transaction():
+            context.run_migrations()
+    except sa_exc.DBAPIError as exc:
+        # The failed migration's transaction was rolled back; earlier ones stay.
+        raise MigrationError(f"migration failed: {_reason(exc)}") from exc
+
+
+async def _run_async(url: str) -> None:
+    try:
+        engine = create_unpooled_engine(Settings(database_url=url))
+    except ValueError as exc:
+        raise MigrationError(f"invalid database URL: {exc}") from exc
+    try:
+        try:
+            connection = await engine.connect()
+        except (*_CONNECT_ERRORS, sa_exc.DBAPIError) as exc:
+            target = make_url(url)
+            raise DatabaseUnreachable(
+                f"cannot connect to PostgreSQL at {target.host or 'localhost'}:"
+                f"{target.port or 5432} (database {target.database!r}, "
+                f"user {target.username!r}): {_reason(exc)}"
+            ) from exc
+        try:
             await connection.run_sync(_run_sync)
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 
@@ -92,8 +144,14 @@ def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         _run_sync(connection)
-    else:
-        asyncio.run(_run_async())
+        return
+    url = _database_url()
+    try:
+        asyncio.run(_run_async(url))
+    except MigrationError:
+        raise
+    except sa_exc.DBAPIError as exc:
+        raise MigrationError(f"migration failed on {redact(url)}: {_reason(exc)}") from exc
 
 
 if context.is_offline_mode():

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from alembic.util import CommandError
+
+from chat_storage.migrations import UsersTableIncompatible, UsersTableMissing
 
 revision: str = "001"
 down_revision: str | None = None
@@ -17,15 +18,54 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# What our VARCHAR(255) user_id columns can reference: PostgreSQL refuses a
+# foreign key between types with no common equality operator (an integer or
+# UUID users.id) only after it has half-built the table, in a long error.
+_USERS_ID = sa.text(
+    """
+    SELECT t.oid IS NOT NULL AS has_table,
+           a.atttypid::regtype::text AS id_type,
+           EXISTS (
+               SELECT 1 FROM pg_index i
+               WHERE i.indrelid = t.oid AND i.indisunique AND i.indpred IS NULL
+                 AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum
+           ) AS id_unique
+    FROM (SELECT to_regclass('users') AS oid) AS t
+    LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = 'id' AND NOT a.attisdropped
+    """
+)
+_REFERENCEABLE = frozenset({"character varying", "text"})
+
+
 def _require_users_table() -> None:
     # users belongs to the existing application: we reference it, never create it.
-    # CommandError makes the alembic CLI print one line instead of a traceback.
-    bind = op.get_bind()
-    found = bind.execute(sa.text("SELECT to_regclass('users') IS NOT NULL")).scalar()
-    if not found:
-        raise CommandError(
+    if op.get_context().as_sql:
+        # Offline there is no database to ask: say what the script assumes.
+        op.get_context().impl.static_output(
+            "-- requires: the application's table users with a unique VARCHAR or TEXT id "
+            "(checked when run online)"
+        )
+        return
+    has_table, id_type, id_unique = op.get_bind().execute(_USERS_ID).one()
+    if not has_table:
+        raise UsersTableMissing(
             "table 'users' not found: apply the application's own migrations first "
             "(these migrations add conversations and messages beside an existing users table)"
+        )
+    if id_type is None:
+        raise UsersTableIncompatible(
+            "table 'users' has no column 'id': conversations.user_id and messages.user_id "
+            "reference users.id"
+        )
+    if id_type not in _REFERENCEABLE:
+        raise UsersTableIncompatible(
+            f"users.id is {id_type}, but conversations.user_id and messages.user_id are "
+            "VARCHAR(255) and reference it: users.id must be VARCHAR or TEXT (the plan's schema)"
+        )
+    if not id_unique:
+        raise UsersTableIncompatible(
+            "users.id has no primary key or unique constraint: the foreign keys of "
+            "conversations and messages need one"
         )
 
 
