@@ -51,7 +51,7 @@ async def every_operation(store: ChatStore, user: str) -> dict[str, Operation]:
         ),
         "get_history": lambda: store.get_history(user, seed.id, limit=2),
         "get_history_next_page": lambda: store.get_history(
-            user, seed.id, limit=2, before=history.next_cursor
+            user, seed.id, limit=2, cursor=history.next_cursor
         ),
         "archive_conversation": lambda: store.archive_conversation(user, seed.id),
         "restore_conversation": lambda: store.restore_conversation(user, seed.id),

@@ -500,9 +500,12 @@ class ChatStore:
         conversation_id: uuid.UUID | str,
         *,
         limit: int = 20,
-        before: str | None = None,
+        cursor: str | None = None,
     ) -> Page[Message]:
-        """The latest ``limit`` messages older than ``before``, returned oldest first.
+        """The latest ``limit`` messages older than ``cursor``, returned oldest first.
+
+        Pass a page's ``next_cursor`` as ``cursor`` for the messages before it
+        (the same argument name as :meth:`list_conversations`).
 
         Raises:
             InvalidLimit: ``limit`` outside 1..200.
@@ -511,7 +514,7 @@ class ChatStore:
         """
         try:
             plan = plan_get_history(
-                user_id=user_id, conversation_id=conversation_id, limit=limit, before=before
+                user_id=user_id, conversation_id=conversation_id, limit=limit, cursor=cursor
             )
         except InvalidInput as e:
             raise self._rejected("get_history", e) from None

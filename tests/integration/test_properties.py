@@ -26,7 +26,7 @@ async def walk_history(
     page = await store.get_history(user, conversation, limit=limit)
     seen = list(page.items)
     while page.next_cursor:
-        page = await store.get_history(user, conversation, limit=limit, before=page.next_cursor)
+        page = await store.get_history(user, conversation, limit=limit, cursor=page.next_cursor)
         assert len(page.items) <= limit
         seen = list(page.items) + seen
     return seen

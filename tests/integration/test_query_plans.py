@@ -146,7 +146,7 @@ async def test_history_next_page_uses_sequence_index(conn: asyncpg.Connection) -
 
     user, conversation = await some_conversation(conn, "plan-long")
     plan = plan_get_history(
-        user_id=user, conversation_id=conversation, before=encode_history_cursor(1500)
+        user_id=user, conversation_id=conversation, cursor=encode_history_cursor(1500)
     )
     found = await explain(conn, plan)
     assert_indexed(found, "uq_messages_conversation_seq")

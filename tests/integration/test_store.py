@@ -171,7 +171,7 @@ async def test_history_is_oldest_first_and_paginates(store: ChatStore, user_id: 
     assert [m.content for m in page.items] == ["m4", "m5", "m6"]
     seen = [m.content for m in page.items]
     while page.next_cursor:
-        page = await store.get_history(user_id, conversation.id, limit=3, before=page.next_cursor)
+        page = await store.get_history(user_id, conversation.id, limit=3, cursor=page.next_cursor)
         seen = [m.content for m in page.items] + seen
     assert seen == [f"m{i}" for i in range(7)]
 

@@ -79,7 +79,7 @@ CASES: list[tuple[str, Call, type[ChatStoreError]]] = [
     ("history limit 0", lambda w: w.store.get_history(w.owner, w.active, limit=0), InvalidLimit),
     ("history limit negative", lambda w: w.store.get_history(w.owner, w.active, limit=-5), InvalidLimit),
     ("listing limit huge", lambda w: w.store.list_conversations(w.owner, limit=10**9), InvalidLimit),
-    ("garbage cursor", lambda w: w.store.get_history(w.owner, w.active, before="%%%%"), InvalidCursor),
+    ("garbage cursor", lambda w: w.store.get_history(w.owner, w.active, cursor="%%%%"), InvalidCursor),
     ("history cursor for listing", lambda w: w.store.list_conversations(w.owner, cursor=encode_history_cursor(3)), InvalidCursor),
     ("unknown status", lambda w: w.store.list_conversations(w.owner, status="deleted"), InvalidInput),
     ("other user's conversation: append", lambda w: w.store.add_message(w.other, w.active, "user", "hi"), ConversationNotFound),

@@ -198,14 +198,14 @@ def plan_get_history(
     user_id: str,
     conversation_id: uuid.UUID | str,
     limit: int = 20,
-    before: str | None = None,
+    cursor: str | None = None,
 ) -> Plan[Page[Message]]:
     """Plan: the latest ``limit`` messages older than the cursor, oldest first."""
     limit = check_limit(limit, MAX_HISTORY_PAGE)
     params = {
         "p_user_id": check_user_id(user_id),
         "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
-        "p_before": _NO_CURSOR if before is None else decode_history_cursor(before),
+        "p_before": _NO_CURSOR if cursor is None else decode_history_cursor(cursor),
         "p_limit": limit + 1,
     }
 
@@ -272,9 +272,11 @@ async def get_history(
     user_id: str,
     conversation_id: uuid.UUID | str,
     limit: int = 20,
-    before: str | None = None,
+    cursor: str | None = None,
 ) -> Page[Message]:
-    """The latest ``limit`` messages before the cursor, returned oldest first.
+    """The latest ``limit`` messages before ``cursor``, returned oldest first.
+
+    Pass a page's ``next_cursor`` as ``cursor`` for the messages before it.
 
     Raises:
         InvalidLimit: ``limit`` outside 1..MAX_HISTORY_PAGE.
@@ -282,6 +284,6 @@ async def get_history(
         ConversationNotFound: missing, or another user's.
     """
     plan = plan_get_history(
-        user_id=user_id, conversation_id=conversation_id, limit=limit, before=before
+        user_id=user_id, conversation_id=conversation_id, limit=limit, cursor=cursor
     )
     return await execute(conn, plan)
