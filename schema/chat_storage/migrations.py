@@ -199,7 +199,10 @@ def heads() -> list[str]:
 def history() -> list[str]:
     """Our revisions, newest first, one line each (``003 -> 004 (head), Add the ...``)."""
     script = ScriptDirectory.from_config(alembic_config(None))
-    return [rev.cmd_format(verbose=False) for rev in script.walk_revisions()]
+    return [
+        rev.cmd_format(verbose=False, include_doc=True, include_parents=True)
+        for rev in script.walk_revisions()
+    ]
 
 
 def _one_line(exc: BaseException) -> str:
