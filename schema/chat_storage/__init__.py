@@ -34,6 +34,7 @@ from .errors import (
     TransientError,
     UserNotFound,
 )
+from .host import ConversationDict, MessageDict
 from .metrics import LATENCY_BUCKETS, StoreMetrics, observe_pool
 from .models import Base, Conversation, ConversationStatus, Message, MessageRole
 from .settings import Settings
@@ -62,6 +63,7 @@ __all__ = [
     "ContentTooLong",
     "Conversation",
     "ConversationArchived",
+    "ConversationDict",
     "ConversationNotFound",
     "ConversationStatus",
     "DatabaseError",
@@ -76,6 +78,7 @@ __all__ = [
     "InvalidMetadata",
     "InvalidRole",
     "Message",
+    "MessageDict",
     "MessageRole",
     "NotFound",
     "Page",

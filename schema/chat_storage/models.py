@@ -8,6 +8,12 @@ The columns follow the plan exactly; ``seq`` (messages) and ``last_seq``
 (conversations) come from migration 003 and make history order exact, since
 ``created_at DEFAULT now()`` is the transaction's start time and cannot order two
 messages written in one transaction.
+
+The classes work in a host application's own ORM session too:
+``session.add(Message(conversation_id=..., user_id=..., role=..., content=...))``
+numbers the message and bumps its conversation at flush (see
+``_number_message``), and ``to_dict()`` gives the JSON shape of a response
+(``chat_storage.host``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -30,10 +36,26 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    event,
+    func,
+    literal_column,
+    select,
     text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Mapper,
+    attributes,
+    mapped_column,
+    object_session,
+)
+
+if TYPE_CHECKING:
+    from .host import ConversationDict, MessageDict
 
 __all__ = [
     "Base",
@@ -71,11 +93,15 @@ class Base(DeclarativeBase):
 
 
 # The existing application's table, reduced to what our foreign keys reference.
-# It lives on the same MetaData so ForeignKey("users.id") resolves, and is
-# excluded from autogenerate comparisons (see alembic/env.py).
+# It lives on a MetaData of its own, never on Base.metadata: a host application's
+# Base.metadata.create_all() / drop_all() must not create a one-column users table
+# or drop the real one, and Alembic must not see two "users" when a host lists
+# [SQLModel.metadata, Base.metadata]. The foreign keys point at the Column object,
+# which SQLAlchemy allows across MetaData collections; the DDL still reads
+# REFERENCES users (id).
 users_table = Table(
     "users",
-    Base.metadata,
+    MetaData(),
     Column("id", String(255), primary_key=True),
     info={"external": True},
 )
@@ -122,7 +148,7 @@ class Conversation(Base):
         primary_key=True, server_default=text("gen_random_uuid()")
     )
     user_id: Mapped[str] = mapped_column(
-        String(255), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+        String(255), ForeignKey(users_table.c.id, ondelete="CASCADE"), nullable=False
     )
     status: Mapped[ConversationStatus] = mapped_column(
         _varchar_enum(ConversationStatus),
@@ -134,6 +160,23 @@ class Conversation(Base):
     # Highest message sequence number handed out; bumped by the same UPDATE that
     # bumps updated_at, so allocating an order costs no extra statement.
     last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+    # Server defaults (id, status, timestamps) come back in the INSERT's RETURNING:
+    # under asyncio a later lazy load of an expired attribute would fail.
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - SQLAlchemy reads it
+
+    def to_dict(self) -> ConversationDict:
+        """The public fields as JSON-ready values (string id, ISO 8601 timestamps).
+
+        ``last_seq`` is internal and left out.
+        """
+        return {
+            "id": str(self.id),
+            "user_id": self.user_id,
+            "status": ConversationStatus(self.status).value,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
 
 
 class Message(Base):
@@ -157,7 +200,7 @@ class Message(Base):
         ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
     )
     user_id: Mapped[str] = mapped_column(
-        String(255), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+        String(255), ForeignKey(users_table.c.id, ondelete="CASCADE"), nullable=False
     )
     role: Mapped[MessageRole] = mapped_column(_varchar_enum(MessageRole), nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
@@ -165,3 +208,77 @@ class Message(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(nullable=False, server_default=text("now()"))
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - SQLAlchemy reads it
+
+    def to_dict(self) -> MessageDict:
+        """The public fields as JSON-ready values, ``metadata`` under its own name.
+
+        ``seq`` is internal (history order) and left out.
+        """
+        return {
+            "id": str(self.id),
+            "conversation_id": str(self.conversation_id),
+            "user_id": self.user_id,
+            "role": MessageRole(self.role).value,
+            "content": self.content,
+            "metadata": self.metadata_,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@event.listens_for(Message, "before_insert")
+def _number_message(_mapper: Mapper[Message], connection: Connection, message: Message) -> None:
+    """Give a Message added to an ORM session its ``seq`` and bump its conversation.
+
+    The same rules as ``add_message``: the conversation must be the user's and
+    active. The UPDATE locks the conversation row until the session's transaction
+    ends, so concurrent appenders queue and each gets the next number.
+    """
+    # Imported here: validation imports this module for MessageRole.
+    from .errors import ConversationArchived, ConversationNotFound, InvalidInput, translate_errors
+    from .validation import check_content, check_role, check_user_id, check_uuid, encode_metadata
+
+    if message.seq is not None:
+        raise InvalidInput("Message.seq is assigned when the message is inserted; leave it unset")
+    role = check_role(message.role)
+    check_content(role, message.content)
+    encode_metadata(message.metadata_)
+    user_id = check_user_id(message.user_id)
+    conversation_id = check_uuid(message.conversation_id, "conversation_id")
+    message.role, message.conversation_id = role, conversation_id
+    c = Conversation.__table__.c
+    owned = (c.id == conversation_id) & (c.user_id == user_id)
+    with translate_errors():
+        bumped = connection.execute(
+            update(Conversation)
+            .where(owned, c.status == literal_column("'active'"))
+            .values(last_seq=c.last_seq + 1, updated_at=func.now())
+            .returning(c.last_seq, c.updated_at)
+        ).first()
+        status = None if bumped else connection.execute(select(c.status).where(owned)).scalar()
+    if bumped is None:
+        if status == ConversationStatus.ARCHIVED:
+            raise ConversationArchived("conversation is archived; restore it to append")
+        raise ConversationNotFound("conversation not found")
+    message.seq = bumped.last_seq
+    _refresh_parent(message, conversation_id, bumped.last_seq, bumped.updated_at)
+
+
+def _refresh_parent(
+    message: Message, conversation_id: uuid.UUID, last_seq: int, updated_at: datetime
+) -> None:
+    # A Conversation loaded in the same session would otherwise show the values
+    # from before the bump; attributes the caller has changed are left alone.
+    session = object_session(message)
+    if session is None:
+        return
+    parent = session.identity_map.get(
+        Conversation.__mapper__.identity_key_from_primary_key((conversation_id,))
+    )
+    if not isinstance(parent, Conversation):
+        return
+    state = attributes.instance_state(parent)
+    for name, value in (("last_seq", last_seq), ("updated_at", updated_at)):
+        if not state.attrs[name].history.has_changes():
+            attributes.set_committed_value(parent, name, value)
