@@ -99,6 +99,14 @@ async def execute(conn: AsyncConnection | AsyncSession, plan: Plan[R]) -> R:
     Raises:
         ChatStoreError: the database's error, translated.
     """
+    if isinstance(conn, AsyncSession):
+        # The session's own connection: the same transaction, without the ORM's
+        # execution path (SQLModel's AsyncSession also deprecates execute()).
+        # Flush first, as session.execute() would, so the caller's pending rows
+        # (a new user, say) are visible to the statement.
+        if conn.autoflush:
+            await conn.flush()
+        conn = await conn.connection()
     with translate_errors():
         result = await conn.execute(plan.statement.clause, plan.params)
         rows: list[Row] = list(result.all())
