@@ -4,6 +4,13 @@ URLs are accepted as users paste them (``postgres://``, ``postgresql://``,
 ``postgresql+asyncpg://``; Neon's ``?sslmode=require&channel_binding=require``).
 libpq options that asyncpg does not understand are translated here rather than
 passed on, where asyncpg would send them to the server as unknown settings.
+
+TLS is asked for either way users write it: libpq's ``sslmode=`` or
+SQLAlchemy+asyncpg's ``ssl=`` (the same six modes, or ``true``/``false``),
+with ``sslrootcert=<file>`` or ``sslrootcert=system`` (libpq 16: the system's
+CA store, and verify-full). Usage::
+
+    engine = create_engine("postgresql://app@db.example.com/chat?ssl=require", pool_size=5)
 """
 
 from __future__ import annotations
@@ -27,15 +34,26 @@ __all__ = [
     "engine_pooler_mode",
     "is_pooler_url",
     "redact",
+    "ssl_mode",
     "to_asyncpg_url",
 ]
 
 # Engines made here, and whether each is in pooler mode (Engine has no info dict).
 _POOLER_MODE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 _SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# libpq query parameters we translate into asyncpg arguments.
+# SQLAlchemy+asyncpg's ssl=true/false: asyncpg's ssl=True verifies like verify-full.
+_SSL_BOOLEANS: Final = {"true": "verify-full", "false": "disable"}
+# libpq 16: sslrootcert=system loads the system's CA store and forces verify-full
+# (any CA signs a certificate for a host name its requester controls, so
+# anything weaker than checking the host name verifies nothing).
+_SYSTEM_ROOTS: Final = "system"
+# Modes that verify the certificate and the host name here (see build_ssl_context).
+_FULLY_VERIFIED: Final = ("require", "verify-full")
+# libpq query parameters we translate into asyncpg arguments; ``ssl`` is
+# SQLAlchemy+asyncpg's spelling of sslmode.
 _LIBPQ_KEYS: Final = frozenset(
     {
+        "ssl",
         "sslmode",
         "channel_binding",
         "sslrootcert",
@@ -71,41 +89,107 @@ def is_pooler_url(url: str | URL) -> bool:
     return "-pooler" in host.split(".", 1)[0]
 
 
+def ssl_mode(sslmode: str | None = None, ssl_value: str | None = None) -> str | None:
+    """The libpq sslmode a URL asks for with ``sslmode=`` and/or ``ssl=``.
+
+    ``ssl_value`` is the URL's ``ssl=``, SQLAlchemy+asyncpg's query parameter:
+    one of libpq's six modes, or ``true`` (asyncpg's ``ssl=True``: verify-full)
+    or ``false`` (disable).
+
+    Raises:
+        ValueError: a value that is not a mode, naming the parameter, or two
+            parameters that disagree.
+    """
+    mode = None
+    if sslmode is not None:
+        if sslmode not in _SSLMODES:
+            raise ValueError(
+                f"sslmode={sslmode!r} in the database URL: must be one of {', '.join(_SSLMODES)}"
+            )
+        mode = sslmode
+    if ssl_value is not None:
+        lowered = ssl_value.strip().lower()
+        from_ssl = _SSL_BOOLEANS.get(lowered, lowered)
+        if from_ssl not in _SSLMODES:
+            raise ValueError(
+                f"ssl={ssl_value!r} in the database URL: must be true, false or one of "
+                f"{', '.join(_SSLMODES)}"
+            )
+        if mode is not None and mode != from_ssl:
+            raise ValueError(
+                f"the database URL sets both sslmode={sslmode} and ssl={ssl_value}: keep one"
+            )
+        mode = from_ssl
+    return mode
+
+
 def build_ssl_context(
     sslmode: str | None,
     *,
     rootcert: str | None = None,
     cert: str | None = None,
     key: str | None = None,
-) -> ssl.SSLContext | bool | None:
+) -> ssl.SSLContext | str | bool | None:
     """The ``ssl`` argument for asyncpg for a libpq ``sslmode``.
 
     ``require`` verifies the certificate and host name, which is stricter than
     libpq (where ``require`` only encrypts): a pasted Neon URL says ``require``,
     and an unverified TLS connection to a cloud database invites a
-    man-in-the-middle. ``None`` leaves asyncpg's default (try TLS, fall back).
+    man-in-the-middle. ``allow`` and ``prefer`` are passed to asyncpg as the
+    mode itself: asyncpg treats any SSLContext as ``require``, and only the
+    mode keeps libpq's fall-back to a plain connection when the server offers
+    no TLS. ``None`` leaves asyncpg's default (``PGSSLMODE``, else prefer).
+
+    ``rootcert`` is a CA file, or ``"system"`` for the system's default CA store
+    (libpq 16), which makes verify-full the default and refuses weaker modes.
 
     Raises:
-        ValueError: an sslmode libpq does not define.
+        ValueError: an sslmode libpq does not define, a weaker mode with
+            ``rootcert="system"``, a client certificate without verification, or
+            a certificate file that cannot be read (each naming its parameter).
     """
+    system = rootcert == _SYSTEM_ROOTS
+    if system and sslmode is None:
+        sslmode = "verify-full"
     if sslmode is None:
         return None
     if sslmode not in _SSLMODES:
-        raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+        raise ValueError(f"sslmode={sslmode!r}: must be one of {', '.join(_SSLMODES)}")
+    if system and sslmode not in _FULLY_VERIFIED:
+        raise ValueError(
+            f"sslrootcert=system needs sslmode=verify-full (got sslmode={sslmode}): "
+            "the system's CAs sign certificates for any host name, so only checking "
+            "the host name verifies the server"
+        )
     if sslmode == "disable":
         return False
     if sslmode in ("allow", "prefer"):
-        # libpq semantics: encryption if offered, no verification. Explicitly asked for.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    context = ssl.create_default_context(cafile=rootcert)
+        if cert or key:
+            raise ValueError(
+                f"sslcert/sslkey need sslmode=require, verify-ca or verify-full (got {sslmode})"
+            )
+        # libpq semantics: encryption if the server offers it, no verification.
+        return sslmode
+    try:
+        context = ssl.create_default_context(cafile=None if system else rootcert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"sslrootcert={rootcert!r}: cannot load it ({_why(exc)})") from None
     if sslmode == "verify-ca":
         context.check_hostname = False
     if cert:
-        context.load_cert_chain(cert, key)
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"sslcert={cert!r}/sslkey={key!r}: cannot load them ({_why(exc)})"
+            ) from None
     return context
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _connect_args(settings: Settings, url: URL, pooler: bool) -> dict[str, Any]:
@@ -120,7 +204,10 @@ def _connect_args(settings: Settings, url: URL, pooler: bool) -> dict[str, Any]:
         "command_timeout": None,
     }
     ssl_arg = build_ssl_context(
-        one("sslmode"), rootcert=one("sslrootcert"), cert=one("sslcert"), key=one("sslkey")
+        ssl_mode(one("sslmode"), one("ssl")),
+        rootcert=one("sslrootcert"),
+        cert=one("sslcert"),
+        key=one("sslkey"),
     )
     if ssl_arg is not None:
         args["ssl"] = ssl_arg
@@ -141,20 +228,52 @@ def _connect_args(settings: Settings, url: URL, pooler: bool) -> dict[str, Any]:
     return args
 
 
-def create_engine(settings: Settings | None = None, /, **overrides: Any) -> AsyncEngine:
+def _settings(
+    settings: Settings | str | URL | None, overrides: dict[str, Any], caller: str
+) -> Settings:
+    """The Settings that ``caller(settings, **overrides)`` asks for."""
+    if settings is None:
+        return Settings.from_env(**overrides)
+    if isinstance(settings, Settings):
+        return settings.with_overrides(**overrides) if overrides else settings
+    if isinstance(settings, str | URL):
+        if "database_url" in overrides:
+            raise TypeError(
+                f"{caller}() got the database URL twice (positionally and as database_url=)"
+            )
+        url = (
+            settings
+            if isinstance(settings, str)
+            else settings.render_as_string(hide_password=False)
+        )
+        # As create_engine(database_url=url): the other fields still come from
+        # the environment, then from the keyword overrides.
+        return Settings.from_env(database_url=url, **overrides)
+    raise TypeError(f"{caller}() takes a database URL or a Settings, not {type(settings).__name__}")
+
+
+def create_engine(settings: Settings | str | URL | None = None, /, **overrides: Any) -> AsyncEngine:
     """Create an AsyncEngine over asyncpg with the plan's pool.
 
+    Called like SQLAlchemy's ``create_async_engine(url)``::
+
+        engine = create_engine("postgresql://app@db.example.com/chat", pool_size=5)
+        engine = create_engine(Settings(database_url=url, pool_size=5))
+        engine = create_engine()  # DATABASE_URL and CHAT_STORAGE_* variables
+
     Args:
-        settings: connection and pool settings; default ``Settings.from_env()``.
+        settings: a database URL (``create_engine(url)`` is
+            ``create_engine(database_url=url)``: the other fields from the
+            environment), or connection and pool settings; default
+            ``Settings.from_env()``.
         **overrides: Settings fields to change (``pool_size=50``, ``database_url=...``).
 
     Raises:
-        ValueError: the URL is not PostgreSQL or carries options asyncpg cannot honour.
+        ValueError: the URL is not PostgreSQL, carries options asyncpg cannot
+            honour, or a TLS option with a bad value (named in the message).
+        TypeError: the URL given both positionally and as ``database_url=``.
     """
-    if settings is None:
-        settings = Settings.from_env(**overrides)
-    elif overrides:
-        settings = settings.with_overrides(**overrides)
+    settings = _settings(settings, overrides, "create_engine")
     url = to_asyncpg_url(settings.database_url)
     pooler = settings.pooler_mode if settings.pooler_mode is not None else is_pooler_url(url)
     engine = create_async_engine(
@@ -181,17 +300,19 @@ def create_engine(settings: Settings | None = None, /, **overrides: Any) -> Asyn
     return engine
 
 
-def create_unpooled_engine(settings: Settings | None = None, /, **overrides: Any) -> AsyncEngine:
+def create_unpooled_engine(
+    settings: Settings | str | URL | None = None, /, **overrides: Any
+) -> AsyncEngine:
     """An AsyncEngine with no pool (each connect opens a new connection), for
     migrations and one-off administration, with the same TLS handling.
 
+    Takes the same arguments as :func:`create_engine` (a URL or a Settings).
+
     Raises:
         ValueError: as :func:`create_engine`.
+        TypeError: as :func:`create_engine`.
     """
-    if settings is None:
-        settings = Settings.from_env(**overrides)
-    elif overrides:
-        settings = settings.with_overrides(**overrides)
+    settings = _settings(settings, overrides, "create_unpooled_engine")
     url = to_asyncpg_url(settings.database_url)
     pooler = settings.pooler_mode if settings.pooler_mode is not None else is_pooler_url(url)
     return create_async_engine(
