@@ -27,13 +27,20 @@ The whole tree::
 Database errors are translated in one place, :func:`translate_errors`, by SQLSTATE
 (never by message text), and re-raised ``from`` the driver's exception. Messages
 name the problem but never carry message content, metadata, user ids or passwords.
+A connection that could not be made (refused, unknown host, TLS refused, login
+rejected) names the server's host:port and the driver's reason.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = [
     "ChatStoreError",
@@ -188,8 +195,21 @@ def _driver_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def error_for(exc: BaseException) -> ChatStoreError | None:
-    """The public error for a driver or SQLAlchemy exception, or None if it is not one."""
+# SQLSTATE classes a server reports while a connection is being made: 08
+# connection exception, 28 invalid authorization (bad password, unknown role),
+# 3D invalid catalog name (no such database).
+_CONNECT_SQLSTATE_CLASSES: tuple[str, ...] = ("08", "28", "3D")
+
+
+def error_for(exc: BaseException, *, url: URL | str | None = None) -> ChatStoreError | None:
+    """The public error for a driver or SQLAlchemy exception, or None if it is not one.
+
+    Args:
+        exc: what the driver or SQLAlchemy raised.
+        url: the database the failed call was connecting to, if known: a
+            connection failure's message then names its host:port (never the
+            password) beside the driver's reason.
+    """
     # Imported here: keeps `import chat_storage` free of the driver and SQLAlchemy's exc
     # module for code paths that never touch a database.
     import asyncpg
@@ -217,8 +237,13 @@ def error_for(exc: BaseException) -> ChatStoreError | None:
             cls = InvalidContent
         else:
             cls = _TRANSIENT_SQLSTATES.get(sqlstate, DatabaseError)
-        where = f" on {constraint}" if constraint else ""
-        error = cls(f"the database rejected the operation (SQLSTATE {sqlstate}{where})")
+        if url is not None and sqlstate.startswith(_CONNECT_SQLSTATE_CLASSES):
+            # The server's own words (a role or database name, never a password).
+            reason = getattr(driver, "message", None) or type(driver).__name__
+            error = cls(_connect_failure(url, f"{reason} (SQLSTATE {sqlstate})"))
+        else:
+            where = f" on {constraint}" if constraint else ""
+            error = cls(f"the database rejected the operation (SQLSTATE {sqlstate}{where})")
         error.sqlstate = sqlstate
         return error
     if isinstance(
@@ -229,15 +254,66 @@ def error_for(exc: BaseException) -> ChatStoreError | None:
         | ConnectionError
         | OSError,
     ) or isinstance(exc, sa_exc.DisconnectionError):
+        if url is not None and isinstance(driver, OSError):
+            # Raised while connecting: the socket, the name lookup, TLS or the
+            # connect timeout. (A connection lost later is an asyncpg error.)
+            return DatabaseUnavailable(_connect_failure(url, _os_reason(driver, url)))
         return DatabaseUnavailable(f"the database connection failed ({type(driver).__name__})")
     if isinstance(exc, sa_exc.DBAPIError):
         return DatabaseError(f"the database driver failed ({type(driver).__name__})")
     return None
 
 
+def _connect_failure(url: URL | str, reason: str) -> str:
+    """``could not connect to the database at host:port: reason``, password-free."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    message = f"could not connect to the database at {_host_port(parsed)}: {reason}"
+    password = parsed.password
+    if password and str(password) in message:
+        message = message.replace(str(password), "***")
+    return message
+
+
+def _host_port(url: URL) -> str:
+    host = url.host
+    if not host:
+        # libpq's ?host=... (a socket directory or several hosts), else its default.
+        query_host = url.query.get("host")
+        host = (query_host if isinstance(query_host, str) else ",".join(query_host or ())) or (
+            "localhost"
+        )
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{url.port or 5432}"
+
+
+def _os_reason(exc: OSError, url: URL | str) -> str:
+    """The driver's reason for a failed connect, in the words libpq users know."""
+    from sqlalchemy.engine import make_url
+
+    if isinstance(exc, socket.gaierror):
+        host = make_url(url).host or "localhost"
+        return f"could not resolve host {host!r} ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError):
+        return "timed out (connect_timeout)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running and accepting TCP connections?)"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if exc.errno is not None and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 @contextmanager
-def translate_errors() -> Iterator[None]:
+def translate_errors(*, url: URL | str | None = None) -> Iterator[None]:
     """Re-raise driver and SQLAlchemy errors as the most specific ChatStoreError.
+
+    Args:
+        url: the database being used, if known: connection failures then name
+            its host:port (never the password).
 
     Raises:
         ChatStoreError: the translated error, chained ``from`` the original.
@@ -247,7 +323,7 @@ def translate_errors() -> Iterator[None]:
     except ChatStoreError:
         raise
     except Exception as exc:
-        error = error_for(exc)
+        error = error_for(exc, url=url)
         if error is None:
             raise
         raise error from exc

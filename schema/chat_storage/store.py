@@ -337,7 +337,7 @@ class ChatStore:
                         "message_id is already used by another user"
                     ) from None
         except BaseException as exc:
-            error = exc if isinstance(exc, ChatStoreError) else error_for(exc)
+            error = exc if isinstance(exc, ChatStoreError) else error_for(exc, url=self._engine.url)
             self._record_failure(name, span, started, error, exc)
             if span is not None:
                 span.end()
