@@ -5,6 +5,11 @@ you expose (default: the global one) and pass it to ``ChatStore``. Labels come
 from small fixed sets (operation names, outcomes, error class names), never
 from user ids, conversation ids or text.
 
+Building again never duplicates anything: ``StoreMetrics(registry)`` returns the
+object already registered on that registry, and a ChatStore built per request
+observes its engine's pool once per StoreMetrics (the pool gauges count each
+pool once, its listeners are added once).
+
 In one process the two histograms observed on every operation (its duration,
 its wait for a connection) are :class:`~chat_storage.histogram.ShardedHistogram`:
 the same exposition as prometheus-client's ``Histogram`` without its two locks
@@ -67,14 +72,64 @@ CONNECT_BUCKETS: Final = (
 )  # fmt: skip
 
 
+# The StoreMetrics registered on each registry (see StoreMetrics.__new__). Weak
+# keys: a registry dropped by its owner (a test's) takes its metrics with it.
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, StoreMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+_BY_REGISTRY_LOCK: Final = threading.Lock()
+
+
 class StoreMetrics:
-    """The metric families one process exposes for its ChatStores and pools."""
+    """The metric families one process exposes for its ChatStores and pools.
+
+    One per registry: ``StoreMetrics(registry)`` on a registry that already has
+    them returns that object (the same collectors), as a second registration of
+    the same names would fail. ``StoreMetrics(None)`` is a new, unregistered set.
+    """
+
+    _initialised: bool = False
+
+    def __new__(cls, registry: CollectorRegistry | None = REGISTRY) -> StoreMetrics:
+        """The registry's existing StoreMetrics, or a new one to initialise.
+
+        Raises:
+            TypeError: the registry holds a StoreMetrics of another class.
+        """
+        if registry is None:
+            return super().__new__(cls)
+        with _BY_REGISTRY_LOCK:
+            existing = _BY_REGISTRY.get(registry)
+            if existing is None:
+                existing = _BY_REGISTRY[registry] = super().__new__(cls)
+        if not isinstance(existing, cls):
+            raise TypeError(
+                f"this registry already has chat_storage metrics from {type(existing).__name__}"
+            )
+        return existing
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
-        """Create and register every family on ``registry`` (None: unregistered)."""
+        """Create and register every family on ``registry`` (None: unregistered).
+
+        Raises:
+            ValueError: ``registry`` already holds a metric of the same name that
+                another library registered.
+        """
+        with _BY_REGISTRY_LOCK:
+            if self._initialised:
+                return  # the registry's existing metrics (see __new__)
+            try:
+                self._register(registry)
+            except BaseException:
+                if registry is not None:
+                    _BY_REGISTRY.pop(registry, None)
+                raise
+            self._initialised = True
+
+    def _register(self, registry: CollectorRegistry | None) -> None:
         # One process: values in memory, pool gauges read at scrape time, hot
         # histograms without locks. Multiprocess mode: values in shared files.
-        self.single_process: Final = values.ValueClass is values.MutexValue
+        self.single_process: bool = values.ValueClass is values.MutexValue
         histogram = ShardedHistogram if self.single_process else Histogram
         self.operation_duration: ShardedHistogram | Histogram = histogram(
             "chat_storage_operation_duration_seconds",
@@ -143,6 +198,8 @@ class StoreMetrics:
         # metrics' cost). Multiprocess mode has no scrape-time callbacks (values
         # live in files), so there observe_pool keeps them current by events.
         self._engines: list[weakref.ref[Engine]] = []
+        #: Engines observe_pool has attached to (each once, however many stores).
+        self._observed: weakref.WeakSet[Engine] = weakref.WeakSet()
         if self.single_process:
             self.pool_size.set_function(lambda: self._pool_total(QueuePool.size))
             self.pool_max_overflow.set_function(lambda: self._pool_total(_max_overflow))
@@ -239,9 +296,14 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
     In one process the gauges read every observed engine's current pool when
     scraped. In multiprocess mode they are set from the pool's own counters on
     every checkout, checkin, connect and close, and after ``engine.dispose()``.
-    Either way they are exact whenever they are scraped.
+    Either way they are exact whenever they are scraped. Observing the same
+    engine again with the same metrics does nothing.
     """
     sync_engine = engine.sync_engine
+    with _BY_REGISTRY_LOCK:
+        if sync_engine in metrics._observed:
+            return  # a ChatStore per request: the pool is observed already
+        metrics._observed.add(sync_engine)
     connect_seconds = metrics.pool_connect
 
     def before_connect(_dialect: Any, record: Any, _cargs: Any, _cparams: Any) -> None:
