@@ -159,9 +159,21 @@ def instrument_statements(
         A handle whose ``remove()`` detaches the listeners from this engine.
         (EngineTracer's own ``remove_all_event_listeners`` is a classmethod that
         detaches every engine's.)
+
+    Raises:
+        ModuleNotFoundError: the ``tracing`` extra is not installed (the message
+            says how to install it).
     """
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    try:
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "instrument_statements() needs the tracing extra: "
+            "pip install 'chat-storage[tracing]' "
+            f"(opentelemetry-instrumentation-sqlalchemy; {exc})",
+            name=exc.name,
+        ) from exc
 
     listeners: list[tuple[Any, str, Any]] = []
 
