@@ -34,7 +34,8 @@ class Settings:
     """
 
     #: libpq-style URL (postgresql://, postgres:// or postgresql+asyncpg://),
-    #: Neon's pasted form included (sslmode=require&channel_binding=require).
+    #: Neon's pasted form included (sslmode=require&channel_binding=require);
+    #: TLS as libpq's sslmode= or SQLAlchemy+asyncpg's ssl= (see engine.py).
     database_url: str = field(repr=False)  # may hold a password: never in a repr
     pool_size: int = 10
     max_overflow: int = 20
