@@ -1,11 +1,18 @@
 # The front door. `make loadtest` runs the main job; `make test` runs every test.
 # Both create .venv and install what they need on first use; no database or
 # Docker is required (an embedded PostgreSQL is started when DATABASE_URL is unset).
+# `make test` also installs the Debian tools some tests run (tools/install-test-tools:
+# apt-get as root or with passwordless sudo, else one line naming them).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+HASH   := $(shell cksum pyproject.toml | cut -d' ' -f1)
+# Two installs into one venv: `make loadtest` needs only the harness (the loadtest
+# dependency group and the project), `make test` and `make lint` the dev group,
+# which includes it. Each has its own stamp, named by pyproject.toml's checksum.
+STAMP          := $(VENV)/.installed-dev-$(HASH)
+LOADTEST_STAMP := $(VENV)/.installed-loadtest-$(HASH)
 
 .PHONY: help install test loadtest lint check clean gate gate-baseline
 
@@ -16,27 +23,36 @@ help:
 	@echo "make check      lint + test"
 	@echo "make gate       latency gate: ~90 s paced load, ChatStore p95 / raw asyncpg p95 vs the baseline"
 
-$(STAMP):
+# pip >= 25.1 reads [dependency-groups] (--group).
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+
+$(STAMP): $(BIN)/python
 	$(BIN)/python -m pip install --quiet --group dev -e .
 	@rm -f $(VENV)/.installed-*
-	@touch $(STAMP)
+	@touch $(STAMP) $(LOADTEST_STAMP)
+
+$(LOADTEST_STAMP): $(BIN)/python
+	$(BIN)/python -m pip install --quiet --group loadtest -e .
+	@rm -f $(VENV)/.installed-loadtest-*
+	@touch $(LOADTEST_STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
+	tools/install-test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-loadtest: $(STAMP)
+loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtests run $(ARGS)
 
-gate: $(STAMP)
-	$(BIN)/python -m loadtests.gate check $(ARGS)
+gate: $(LOADTEST_STAMP)
+	$(BIN)/python -m loadtests gate check $(ARGS)
 
-gate-baseline: $(STAMP)
-	$(BIN)/python -m loadtests.gate update-baseline $(ARGS)
+gate-baseline: $(LOADTEST_STAMP)
+	$(BIN)/python -m loadtests gate update-baseline $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
