@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except migrations.MigrationError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `... --sql | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         alembic_log.removeHandler(handler)
     return 0
