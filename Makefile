@@ -14,11 +14,14 @@ HASH   := $(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP          := $(VENV)/.installed-dev-$(HASH)
 LOADTEST_STAMP := $(VENV)/.installed-loadtest-$(HASH)
 
-.PHONY: help install test loadtest lint check clean gate gate-baseline
+.PHONY: help install test test-unit test-fast loadtest lint format check clean gate gate-baseline
 
 help:
 	@echo "make loadtest   run the load test (100 users, ~1 min) and print the p95 verdict"
 	@echo "make test       run all tests against a real PostgreSQL (embedded if none given)"
+	@echo "make test-unit  the unit tests only: no server, a few seconds"
+	@echo "make test-fast  every test but the load and benchmark runs (marked slow); CI runs all"
+	@echo "make format     ruff's fixes and formatter"
 	@echo "make lint       ruff and mypy --strict"
 	@echo "make check      lint + test"
 	@echo "make gate       latency gate: ~90 s paced load, ChatStore p95 / raw asyncpg p95 vs the baseline"
@@ -45,6 +48,13 @@ test: $(STAMP)
 	tools/install-test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	tools/install-test-tools
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
 loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtests run $(ARGS)
 
@@ -58,6 +68,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 check: lint test
 
