@@ -1,4 +1,4 @@
-"""``python -m loadtests run [options]``."""
+"""``python -m loadtests <command> [options]``."""
 
 import sys
 

@@ -27,16 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench.backends import Backend
-from loadtests.bench.database import Target, load_targets
 from loadtests.bench.duet import DuetVariant, run_duet
 from loadtests.bench.interleave import interleave
 from loadtests.bench.profiling import profile_variants
 from loadtests.bench.report import table, verdict_cell
-from loadtests.bench.sessions import APPEND, HISTORY, LIST, OPS_PER_TURN, Texts
-from loadtests.bench.stats import Summary, fmt, paired_ratios, percentile, ratio
+from loadtests.bench.sessions import OPERATIONS, OPS_PER_TURN, Target, Texts, load_targets
+from loadtests.bench.stats import Summary, fmt, paired_ratios, percentile_or_nan, ratio
+from loadtests.core.backends import Backend
 
-LATENCY_HEADERS = ("history p50/p95/p99 ms", "append p50/p95/p99 ms", "list p50/p95/p99 ms")
+LATENCY_HEADERS = tuple(f"{op} p50/p95/p99 ms" for op in OPERATIONS)
 #: At equal load, the share of the offered operations per second each variant
 #: must have served for the comparison to count (paced sessions that fall behind
 #: do their late turns at once, so the round ends in a backlog).
@@ -93,7 +92,7 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
 
 def latency_cells(summary: Summary) -> list[str]:
     cells = []
-    for op in (HISTORY, APPEND, LIST):
+    for op in OPERATIONS:
         q = summary.quantiles_ms(op)
         cells.append("/".join(fmt(q[k]) for k in ("p50", "p95", "p99")))
     return cells
@@ -124,7 +123,7 @@ async def _run_pair(
 
 def spread(pairs: list[float]) -> str:
     """Per-round ratios as "median (lowest-highest)"."""
-    return f"{fmt(percentile(pairs, 0.5), 3)} ({fmt(pairs[0], 2)}-{fmt(pairs[-1], 2)})"
+    return f"{fmt(percentile_or_nan(pairs, 50), 3)} ({fmt(pairs[0], 2)}-{fmt(pairs[-1], 2)})"
 
 
 async def compare(

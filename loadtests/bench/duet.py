@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loadtests.bench.backends import Backend
-from loadtests.bench.database import Target
-from loadtests.bench.sessions import Round, Texts, run_closed, run_paced
+from loadtests.bench.sessions import Round, Target, Texts, run_closed, run_paced
 from loadtests.bench.stats import Summary
+from loadtests.core.backends import Backend
 
 #: Seconds between sending a round's start time and the start.
 START_MARGIN = 0.3
@@ -57,13 +56,19 @@ class DuetVariant:
     async def close(self) -> None:
         pass
 
-    async def history(self, user_id: str, conversation_id: Any) -> int:
+    async def get_history(self, user_id: str, conversation_id: Any, limit: int) -> int:
         raise NotImplementedError("a duet variant runs in its own process")
 
-    async def append(self, user_id: str, conversation_id: Any, role: str, text: str) -> None:
+    async def add_message(self, user_id: str, conversation_id: Any, role: str, text: str) -> None:
         raise NotImplementedError("a duet variant runs in its own process")
 
-    async def listing(self, user_id: str) -> int:
+    async def create_conversation(self, user_id: str) -> Any:
+        raise NotImplementedError("a duet variant runs in its own process")
+
+    async def list_conversations(self, user_id: str, limit: int) -> list[Any]:
+        raise NotImplementedError("a duet variant runs in its own process")
+
+    async def archive_conversation(self, user_id: str, conversation_id: Any) -> None:
         raise NotImplementedError("a duet variant runs in its own process")
 
 

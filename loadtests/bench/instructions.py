@@ -29,24 +29,21 @@ fixed (:data:`SIMULATED_CACHES`), not the host's.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from loadtests.bench.database import Target
 from loadtests.bench.report import table, verdict_cell
-from loadtests.bench.sessions import LIST_EVERY, Texts, _turn
+from loadtests.bench.sessions import LIST_EVERY, Target, Texts, run_turn
+from loadtests.core.backends import Backend
 
 #: Turns before ``gc.freeze()`` (both runs have at least this many).
 FREEZE_AFTER: Final = 10
@@ -61,7 +58,7 @@ _EVENTS: Final = ("Ir", "I1mr", "ILmr", "Dr", "D1mr", "DLmr", "Dw", "D1mw", "DLm
 
 def operations(turns: int) -> int:
     """Operations in turns 0 .. turns-1: a read and two appends each, and a
-    listing in every turn that is a multiple of LIST_EVERY (sessions._turn)."""
+    listing in every turn that is a multiple of LIST_EVERY (sessions.run_turn)."""
     return 3 * turns + (turns + LIST_EVERY - 1) // LIST_EVERY
 
 
@@ -139,11 +136,24 @@ def valgrind() -> str:
 
 
 def count(
-    spec: dict[str, Any], variants: Sequence[str], targets: Sequence[Target], base: int, turns: int
+    spec: dict[str, Any],
+    variants: Sequence[str],
+    targets: Sequence[Target],
+    base: int,
+    turns: int,
+    child: Callable[[str], list[str]],
 ) -> list[PerOperation]:
-    """Count each variant (``duet_variant(i, Options(**spec))``; ``spec`` is
-    ``dataclasses.asdict(options)``) at ``base`` and
-    ``base + turns`` turns; the variants of one length run at the same time."""
+    """Count each variant at ``base`` and ``base + turns`` turns; the variants
+    of one length run at the same time.
+
+    ``child(spec_json)`` is the command of one counted process (it runs
+    :func:`run_turns` on variant ``index`` built from ``spec``; see
+    ``instrumentation.counted_child``).
+
+    Raises:
+        ValueError: ``base`` below :data:`FREEZE_AFTER` or ``turns`` below 1.
+        RuntimeError: a counted process failed.
+    """
     if base < FREEZE_AFTER or turns < 1:
         raise ValueError(f"base must be at least {FREEZE_AFTER} turns and turns at least 1")
     executable = valgrind()
@@ -153,7 +163,7 @@ def count(
             running = []
             for index, target in enumerate(targets[: len(variants)]):
                 out = Path(scratch) / f"{index}-{length}"
-                child = {
+                order = {
                     "options": spec,
                     "index": index,
                     "user_id": target.user_id,
@@ -168,10 +178,7 @@ def count(
                     *SIMULATED_CACHES,
                     "-q",
                     f"--cachegrind-out-file={out.with_suffix('.cg')}",
-                    sys.executable,
-                    "-m",
-                    "loadtests.bench.instructions",
-                    json.dumps(child),
+                    *child(json.dumps(order)),
                 ]
                 env = {**os.environ, "PYTHONHASHSEED": "0"}
                 running.append((index, out, subprocess.Popen(command, env=env)))
@@ -222,7 +229,9 @@ def verdict(
     return results, per_variant + "\n\n" + ratios, ok
 
 
-async def _run_turns(backend: Any, target: Target, turns: int) -> dict[str, float]:
+async def run_turns(backend: Backend, target: Target, turns: int) -> dict[str, float]:
+    """What a counted process runs: ``turns`` turns of one session, ``gc.freeze()``
+    after :data:`FREEZE_AFTER`; the backend's final figures."""
     texts = Texts.draw()
     await backend.open()
     try:
@@ -230,26 +239,9 @@ async def _run_turns(backend: Any, target: Target, turns: int) -> dict[str, floa
             if turn == FREEZE_AFTER:
                 gc.collect()
                 gc.freeze()
-            await _turn(backend, target, turn, texts, None)
+            await run_turn(backend, target, turn, texts, None)
     finally:
         await backend.close()
     final = getattr(backend, "final_figures", None)
     figures: dict[str, float] = final() if callable(final) else {}
     return figures
-
-
-def _child(raw: str) -> None:
-    # Imported here: instrumentation.py imports this module.
-    from loadtests.bench.instrumentation import Options, duet_variant
-
-    spec = json.loads(raw)
-    backend = duet_variant(spec["index"], Options(**spec["options"]))
-    target = Target(spec["user_id"], uuid.UUID(spec["conversation_id"]))
-    figures = asyncio.run(_run_turns(backend, target, spec["turns"]))
-    Path(spec["figures"]).write_text(
-        json.dumps({"spans_exported": figures.get("spans_exported", 0)})
-    )
-
-
-if __name__ == "__main__":
-    _child(sys.argv[1])

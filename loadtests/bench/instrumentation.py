@@ -38,7 +38,9 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import json
 import random
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -61,19 +63,19 @@ from prometheus_client import CollectorRegistry
 
 from chat_storage import StoreMetrics
 from loadtests.bench import instructions
-from loadtests.bench.backends import Backend, StoreBackend
 from loadtests.bench.comparison import Limits, add_common_arguments, compare_pair, config
-from loadtests.bench.database import bench_database, load_targets, seed_messages
 from loadtests.bench.duet import DuetVariant
 from loadtests.bench.report import publish, report_dir
-from loadtests.bench.sessions import Texts
+from loadtests.bench.sessions import OPERATIONS, Target, Texts, load_targets
+from loadtests.core.backends import Backend, StoreBackend
+from loadtests.core.database import scratch_database_migrated
+from loadtests.core.seed import seed_messages
 
 LIMITS = Limits(min_ops_ratio=0.95, max_cpu_ratio=1.05)
 #: --instructions' exit status when a ratio is over the target (1: it failed to count).
 OVER_TARGET = 3
 #: Turns both runs of an --instructions count do (the difference is counted).
 BASE_TURNS = 20
-OPERATIONS = ("get_history", "add_message", "list_conversations")
 
 
 class DiscardingExporter(SpanExporter):
@@ -157,17 +159,27 @@ class AroundEach:
         final = getattr(self.inner, "final_figures", None)
         return final() if callable(final) else {}
 
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+    async def get_history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> int:
         with self.around():
-            return await self.inner.history(user_id, conversation_id)
+            return await self.inner.get_history(user_id, conversation_id, limit)
 
-    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+    async def add_message(
+        self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
+    ) -> None:
         with self.around():
-            await self.inner.append(user_id, conversation_id, role, text)
+            await self.inner.add_message(user_id, conversation_id, role, text)
 
-    async def listing(self, user_id: str) -> int:
+    async def create_conversation(self, user_id: str) -> uuid.UUID:
         with self.around():
-            return await self.inner.listing(user_id)
+            return await self.inner.create_conversation(user_id)
+
+    async def list_conversations(self, user_id: str, limit: int) -> list[uuid.UUID]:
+        with self.around():
+            return await self.inner.list_conversations(user_id, limit)
+
+    async def archive_conversation(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        with self.around():
+            await self.inner.archive_conversation(user_id, conversation_id)
 
 
 class BusyWork(AroundEach):
@@ -267,14 +279,15 @@ def build_pair(options: Options, telemetry: Telemetry) -> tuple[Backend, Backend
     on: Backend
     if options.busy_us is not None:
         on = BusyWork(
-            StoreBackend("off-busy", url, pool_size=size, max_overflow=overflow), options.busy_us
+            StoreBackend(url, name="off-busy", pool_size=size, max_overflow=overflow),
+            options.busy_us,
         )
     elif options.a_a:
-        on = StoreBackend("off-again", url, pool_size=size, max_overflow=overflow)
+        on = StoreBackend(url, name="off-again", pool_size=size, max_overflow=overflow)
     else:
         on = StoreBackend(
-            "on",
             url,
+            name="on",
             pool_size=size,
             max_overflow=overflow,
             metrics=StoreMetrics(telemetry.registry),
@@ -282,7 +295,7 @@ def build_pair(options: Options, telemetry: Telemetry) -> tuple[Backend, Backend
             trace_statements=True,
             final_figures=telemetry.finish,
         )
-    off: Backend = StoreBackend("off", url, pool_size=size, max_overflow=overflow)
+    off: Backend = StoreBackend(url, name="off", pool_size=size, max_overflow=overflow)
     if options.caller == "request":
         return InCallerTrace(on, options.sample_ratio), InCallerTrace(off, options.sample_ratio)
     return on, off
@@ -348,6 +361,7 @@ def count_instructions(url: str, args: argparse.Namespace) -> tuple[dict[str, An
         targets,
         base=BASE_TURNS,
         turns=args.turns,
+        child=counted_child_command,
     )
     results, text, ok = instructions.verdict(on, off, LIMITS.max_cpu_ratio)
     results = {
@@ -367,6 +381,24 @@ def count_instructions(url: str, args: argparse.Namespace) -> tuple[dict[str, An
     return results, text, ok
 
 
+def counted_child_command(order: str) -> list[str]:
+    """The command of one process counted by ``--instructions``: :func:`counted_child`."""
+    run = "import sys; from loadtests.bench.instrumentation import counted_child; "
+    return [sys.executable, "-c", run + "counted_child(sys.argv[1])", order]
+
+
+def counted_child(order: str) -> None:
+    """One counted process: variant ``index`` of the order's options runs its turns,
+    then writes the spans it exported to the order's ``figures`` file."""
+    spec = json.loads(order)
+    backend = duet_variant(spec["index"], Options(**spec["options"]))
+    target = Target(spec["user_id"], uuid.UUID(spec["conversation_id"]))
+    figures = asyncio.run(instructions.run_turns(backend, target, spec["turns"]))
+    Path(spec["figures"]).write_text(
+        json.dumps({"spans_exported": figures.get("spans_exported", 0)})
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     if args.duet and args.profile:
         raise SystemExit("--profile profiles both variants in this process: not with --duet")
@@ -378,11 +410,11 @@ def main(args: argparse.Namespace) -> int:
             )
         instructions.valgrind()  # before starting a server: say what is missing first
         out = report_dir("instrumentation", args.reports_dir)
-        with bench_database(args.server_url) as url:
+        with scratch_database_migrated(args.server_url) as url:
             results, text, ok = count_instructions(url, args)
         publish(out, results, text)
         return 0 if ok else OVER_TARGET
     out = report_dir("instrumentation", args.reports_dir)
-    with bench_database(args.server_url) as url:
+    with scratch_database_migrated(args.server_url) as url:
         results, text = asyncio.run(measure(url, args, out))
     return publish(out, results, text)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loadtests.bench.backends import Backend
-from loadtests.bench.database import Target
-from loadtests.bench.sessions import Texts, run_closed, run_paced
+from loadtests.bench.sessions import Target, Texts, run_closed, run_paced
 from loadtests.bench.stats import Summary
+from loadtests.core.backends import Backend
 
 
 async def interleave(

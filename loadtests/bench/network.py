@@ -18,12 +18,13 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from loadtests.bench.backends import StoreBackend
-from loadtests.bench.database import bench_database, load_targets, seed_messages
 from loadtests.bench.proxy import delay_proxy
 from loadtests.bench.report import publish, report_dir, table
-from loadtests.bench.sessions import OPERATIONS, Texts, run_paced
-from loadtests.bench.stats import Summary, fmt, percentile
+from loadtests.bench.sessions import OPERATIONS, Texts, load_targets, run_paced
+from loadtests.bench.stats import Summary, fmt, percentile_or_nan
+from loadtests.core.backends import StoreBackend
+from loadtests.core.database import scratch_database_migrated
+from loadtests.core.seed import seed_messages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ async def round_trip_ms(url: str, n: int = 300) -> float:
             times.append(time.perf_counter() - started)
     finally:
         await conn.close()
-    return 1000 * percentile(sorted(times), 0.5)
+    return 1000 * percentile_or_nan(sorted(times), 50)
 
 
 async def measure(
@@ -66,9 +67,9 @@ async def measure(
     rtt_proxied = await round_trip_ms(proxied_url)
     proxy_rtt = rtt_proxied - rtt_direct
     backends = [
-        StoreBackend("direct", url, pool_size=args.pool_size, max_overflow=args.max_overflow),
+        StoreBackend(url, name="direct", pool_size=args.pool_size, max_overflow=args.max_overflow),
         StoreBackend(
-            "proxied", proxied_url, pool_size=args.pool_size, max_overflow=args.max_overflow
+            proxied_url, name="proxied", pool_size=args.pool_size, max_overflow=args.max_overflow
         ),
     ]
     for backend in backends:
@@ -150,7 +151,7 @@ async def measure(
 
 def main(args: argparse.Namespace) -> int:
     out = report_dir("network", args.reports_dir)
-    with bench_database(args.server_url) as url:
+    with scratch_database_migrated(args.server_url) as url:
         parsed = make_url(url)
         with delay_proxy(
             parsed.host or "127.0.0.1", parsed.port or 5432, args.delay_ms / 1000

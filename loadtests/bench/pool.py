@@ -19,22 +19,17 @@ import asyncio
 import math
 from typing import Any
 
+import asyncpg
 from prometheus_client import CollectorRegistry
 
 from chat_storage import StoreMetrics
-from loadtests.bench.backends import StoreBackend
-from loadtests.bench.database import bench_database, load_targets, seed_messages, server_setting
 from loadtests.bench.report import publish, report_dir, table
-from loadtests.bench.sessions import (
-    APPEND,
-    HISTORY,
-    LIST,
-    OPERATIONS,
-    OPS_PER_TURN,
-    Texts,
-    run_paced,
-)
-from loadtests.bench.stats import fmt
+from loadtests.bench.sessions import OPERATIONS, OPS_PER_TURN, Texts, load_targets, run_paced
+from loadtests.bench.stats import fmt, percentile_or_nan
+from loadtests.core.backends import StoreBackend
+from loadtests.core.database import scratch_database_migrated
+from loadtests.core.seed import seed_messages
+from loadtests.core.stats import percentile
 
 #: Pool wait (p95) above which the pool, not the database or the client, is the bottleneck.
 WAIT_BOTTLENECK_MS = 1.0
@@ -69,6 +64,15 @@ def parse_pools(text: str) -> list[tuple[int, int]]:
         size, _, overflow = item.partition("+")
         pools.append((int(size), int(overflow or 0)))
     return pools
+
+
+async def server_setting(url: str, name: str) -> str:
+    """``SHOW <name>`` on the benchmark's server."""
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval(f"SHOW {name}"))
+    finally:
+        await conn.close()
 
 
 HistogramState = tuple[dict[float, float], float, float]
@@ -129,8 +133,8 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 overflow = capped
             registry = CollectorRegistry()
             backend = StoreBackend(
-                f"{size}+{overflow}",
                 url,
+                name=f"{size}+{overflow}",
                 pool_size=size,
                 max_overflow=overflow,
                 metrics=StoreMetrics(registry),
@@ -165,14 +169,9 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
             offered = sessions * args.rate * OPS_PER_TURN
             bottleneck = 1000 * wait_p95 > WAIT_BOTTLENECK_MS
             in_use.sort()
-            use_p95 = in_use[max(0, math.ceil(0.95 * len(in_use)) - 1)] if in_use else 0
+            use_p95 = int(percentile(in_use, 95) or 0)
             use_max = in_use[-1] if in_use else 0
-            p95 = {
-                op: 1000 * latencies[op][max(0, math.ceil(0.95 * len(latencies[op])) - 1)]
-                if latencies[op]
-                else math.nan
-                for op in OPERATIONS
-            }
+            p95 = {op: 1000 * percentile_or_nan(latencies[op], 95) for op in OPERATIONS}
             results.append(
                 {
                     "sessions": sessions,
@@ -198,9 +197,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                     str(sessions),
                     backend.name,
                     fmt(ops_per_s, 0),
-                    fmt(p95[HISTORY]),
-                    fmt(p95[APPEND]),
-                    fmt(p95[LIST]),
+                    *(fmt(p95[op]) for op in OPERATIONS),
                     "<= " + fmt(1000 * wait_p95, 1),
                     fmt(1000 * wait_mean, 3),
                     fmt(busy, 1),
@@ -216,9 +213,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                     "sessions",
                     "pool",
                     "ops/s",
-                    "p95 history ms",
-                    "p95 append ms",
-                    "p95 list ms",
+                    *(f"p95 {op} ms" for op in OPERATIONS),
                     "p95 pool wait ms",
                     "mean wait ms",
                     "mean busy",
@@ -308,6 +303,6 @@ def advice(results: list[dict[str, Any]]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     out = report_dir("pool", args.reports_dir)
-    with bench_database(args.server_url) as url:
+    with scratch_database_migrated(args.server_url) as url:
         results, text = asyncio.run(measure(url, args))
     return publish(out, results, text)

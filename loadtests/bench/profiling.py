@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench.backends import Backend
-from loadtests.bench.database import load_targets
 from loadtests.bench.layers import layer_costs
 from loadtests.bench.report import table
-from loadtests.bench.sessions import Texts, run_closed
+from loadtests.bench.sessions import Texts, load_targets, run_closed
 from loadtests.bench.stats import fmt
+from loadtests.core.backends import Backend
 
 # Where a profiled function lives, by the first matching path fragment.
 _CATEGORIES = (

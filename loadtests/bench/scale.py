@@ -22,11 +22,13 @@ from typing import Any
 import asyncpg
 
 from chat_storage.queries.messages import plan_get_history
-from loadtests.bench.backends import HISTORY_LIMIT, StoreBackend
-from loadtests.bench.database import Target, bench_database, seed_messages
 from loadtests.bench.report import publish, report_dir, table
-from loadtests.bench.sessions import APPEND, HISTORY, Texts, run_paced
+from loadtests.bench.sessions import Target, Texts, run_paced
 from loadtests.bench.stats import Summary, fmt, ratio
+from loadtests.core.backends import StoreBackend
+from loadtests.core.database import scratch_database_migrated
+from loadtests.core.seed import seed_messages
+from loadtests.core.workload import ADD_MESSAGE, GET_HISTORY, HISTORY_LIMIT
 
 MAX_P95_RATIO = 1.2
 
@@ -81,7 +83,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 await seed_messages(url, f"scale{i}", size - seeded)
                 seeded = int(await conn.fetchval("SELECT count(*) FROM messages"))
             targets = await random_targets(conn, args.sessions)
-            backend = StoreBackend("store", url, pool_size=10, max_overflow=20)
+            backend = StoreBackend(url, pool_size=10, max_overflow=20)
             await backend.open()
             try:
                 await run_paced(backend, targets, args.warmup, texts, rate=args.rate)
@@ -100,8 +102,8 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 "longest": {"messages": longest[2], **await explain_history(conn, *longest[:2])},
                 "median": {"messages": median[2], **await explain_history(conn, *median[:2])},
             }
-            history = summary.quantiles_ms(HISTORY)
-            append = summary.quantiles_ms(APPEND)
+            history = summary.quantiles_ms(GET_HISTORY)
+            append = summary.quantiles_ms(ADD_MESSAGE)
             levels.append(
                 {
                     "messages": seeded,
@@ -113,7 +115,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
             rows.append(
                 [
                     f"{seeded:,}",
-                    str(len(summary.latencies[HISTORY])),
+                    str(len(summary.latencies[GET_HISTORY])),
                     fmt(history["p50"]),
                     fmt(history["p95"]),
                     fmt(append["p50"]),
@@ -130,7 +132,7 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
     first, last = levels[0]["workload"]["latency_ms"], levels[-1]["workload"]["latency_ms"]
     ratios = {
         op: round(ratio(last[op]["p95"] or math.nan, first[op]["p95"] or math.nan), 3)
-        for op in (HISTORY, APPEND)
+        for op in (GET_HISTORY, ADD_MESSAGE)
     }
     met = {op: r <= MAX_P95_RATIO for op, r in ratios.items()}
     text = "\n\n".join(
@@ -139,10 +141,10 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
                 [
                     "messages",
                     "reads",
-                    "history p50 ms",
-                    "history p95 ms",
-                    "append p50 ms",
-                    "append p95 ms",
+                    "get_history p50 ms",
+                    "get_history p95 ms",
+                    "add_message p50 ms",
+                    "add_message p95 ms",
                     "buffers: longest conv",
                     "buffers: median conv",
                 ],
@@ -169,6 +171,6 @@ async def measure(url: str, args: argparse.Namespace) -> tuple[dict[str, Any], s
 
 def main(args: argparse.Namespace) -> int:
     out = report_dir("scale", args.reports_dir)
-    with bench_database(args.server_url) as url:
+    with scratch_database_migrated(args.server_url) as url:
         results, text = asyncio.run(measure(url, args))
     return publish(out, results, text)

@@ -14,20 +14,55 @@ import gc
 import math
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from loadtests.bench.backends import Backend
-from loadtests.bench.database import Target
-from loadtests.workload import assistant_text, user_text
+import asyncpg
 
-HISTORY = "history_read"
-APPEND = "message_insert"
-LIST = "conversation_list"
-OPERATIONS = (HISTORY, APPEND, LIST)
+from loadtests.core.backends import Backend
+from loadtests.core.pacer import Pacer
+from loadtests.core.workload import (
+    ADD_MESSAGE,
+    GET_HISTORY,
+    HISTORY_LIMIT,
+    LIST_CONVERSATIONS,
+    LIST_LIMIT,
+    assistant_text,
+    user_text,
+)
+
+#: The operations a benchmark turn runs, in table order.
+OPERATIONS = (GET_HISTORY, ADD_MESSAGE, LIST_CONVERSATIONS)
 LIST_EVERY = 10
 #: Operations per turn on average: a history read, two appends, a listing every LIST_EVERY turns.
 OPS_PER_TURN = 3 + 1 / LIST_EVERY
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one simulated session talks to: an owner and one of their conversations."""
+
+    user_id: str
+    conversation_id: uuid.UUID
+
+
+async def load_targets(url: str, sessions: int) -> list[Target]:
+    """One distinct conversation per session (reused round-robin if there are too few).
+
+    Raises:
+        RuntimeError: the database holds no conversation.
+    """
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT user_id, id FROM conversations ORDER BY id LIMIT $1", sessions
+        )
+    finally:
+        await conn.close()
+    if not rows:
+        raise RuntimeError("the seed made no conversations")
+    return [Target(rows[i % len(rows)][0], rows[i % len(rows)][1]) for i in range(sessions)]
 
 
 @dataclass
@@ -57,7 +92,7 @@ class Texts:
         )
 
 
-async def _turn(
+async def run_turn(
     backend: Backend, target: Target, turn: int, texts: Texts, record: Round | None
 ) -> None:
     """One turn; each operation that ends inside ``record``'s window is counted."""
@@ -72,15 +107,15 @@ async def _turn(
 
     if turn % LIST_EVERY == 0:
         started = clock()
-        await backend.listing(user)
-        done(LIST, started)
+        await backend.list_conversations(user, LIST_LIMIT)
+        done(LIST_CONVERSATIONS, started)
     started = clock()
-    await backend.history(user, conv)
-    done(HISTORY, started)
+    await backend.get_history(user, conv, HISTORY_LIMIT)
+    done(GET_HISTORY, started)
     for role, pool in (("user", texts.user), ("assistant", texts.assistant)):
         started = clock()
-        await backend.append(user, conv, role, pool[turn % len(pool)])
-        done(APPEND, started)
+        await backend.add_message(user, conv, role, pool[turn % len(pool)])
+        done(ADD_MESSAGE, started)
 
 
 async def run_closed(
@@ -114,7 +149,7 @@ async def run_closed(
         # Random start turn: the 10th-turn listings are spread, not synchronised.
         turn = rng.randrange(LIST_EVERY)
         while time.perf_counter() < deadline:
-            await _turn(backend, target, turn, texts, record)
+            await run_turn(backend, target, turn, texts, record)
             turn += 1
 
     if lead_in > 0:
@@ -139,16 +174,12 @@ async def run_paced(
     rate: float,
     warmup: float = 0.0,
 ) -> Round:
-    """Each session starts a turn every ``1/rate`` s on its own clock-anchored
-    schedule with a random phase (no lockstep bursts); turns that start in the
-    first ``warmup`` s are not recorded.
-
-    A session that falls behind starts its next turn at once (the schedule is
-    kept, late turns are not skipped), so overload shows as latency.
+    """Each session starts a turn every ``1/rate`` s on its own schedule
+    (core/pacer.py: clock-anchored, random phase, late turns run at once, none
+    skipped); turns due in the first ``warmup`` s are not recorded.
     """
     record = Round()
     rng = random.Random(len(targets))
-    interval = 1.0 / rate
     gc.collect()
     start = time.perf_counter()
     measure_from = start + warmup
@@ -156,11 +187,10 @@ async def run_paced(
     cpu0: list[float] = []
 
     async def session(target: Target) -> None:
-        phase = rng.uniform(0.0, interval)
+        pacer = Pacer(rate, rng, start=start)
         turn = rng.randrange(LIST_EVERY)
-        k = 0
         while True:
-            due = start + phase + k * interval
+            due = pacer.next_due()
             if due >= deadline:
                 return
             delay = due - time.perf_counter()
@@ -169,9 +199,8 @@ async def run_paced(
             measured = due >= measure_from
             if measured and not cpu0:
                 cpu0.append(time.process_time())
-            await _turn(backend, target, turn, texts, record if measured else None)
+            await run_turn(backend, target, turn, texts, record if measured else None)
             turn += 1
-            k += 1
 
     await asyncio.gather(*(session(t) for t in targets))
     record.seconds = max(time.perf_counter() - measure_from, 1e-9)

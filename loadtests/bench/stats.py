@@ -1,4 +1,4 @@
-"""Aggregates of benchmark rounds: rates, CPU per operation, percentiles."""
+"""Aggregates of benchmark rounds: rates, CPU per operation, percentiles (core/stats.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtests.bench.sessions import OPERATIONS, Round
+from loadtests.core.stats import percentile
 
-QUANTILES = (0.50, 0.95, 0.99)
+QUANTILES = (50, 95, 99)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of ``values`` (already sorted); NaN when empty."""
-    if not values:
-        return math.nan
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+def percentile_or_nan(sorted_values: Sequence[float], q: float) -> float:
+    """:func:`percentile`, NaN when empty (the tables' and ratios' missing value)."""
+    value = percentile(sorted_values, q)
+    return math.nan if value is None else value
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Summary:
 
     def quantiles_ms(self, op: str) -> dict[str, float]:
         values = sorted(self.latencies[op])
-        return {f"p{round(q * 100)}": 1000 * percentile(values, q) for q in QUANTILES}
+        return {f"p{q}": 1000 * percentile_or_nan(values, q) for q in QUANTILES}
 
     def to_json(self) -> dict[str, Any]:
         return {

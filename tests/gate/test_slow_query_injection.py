@@ -1,6 +1,6 @@
-"""The slow-query injection used by ``loadtests.gate_prove`` does what it claims.
+"""The slow-query injection used by ``python -m loadtests gate prove`` does what it claims.
 
-``gate_prove slow-query`` expects the statistical gate to fail on a run in
+``gate prove slow-query`` expects the statistical gate to fail on a run in
 which ChatStore's history read waits on the server; this checks, without a
 load run, that the patched store returns the same page and really waits.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from chat_storage import ChatStore
 from chat_storage.store import ChatStore as StoreClass
-from loadtests.gate_slow_query import install
+from loadtests.gate.slow_query import install
 from tests.conftest import MakeUser
 
 

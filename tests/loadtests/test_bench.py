@@ -1,4 +1,4 @@
-"""``python -m loadtests.bench``: each benchmark, tiny, on the test server.
+"""``python -m loadtests bench``: each benchmark, tiny, on the test server.
 
 Each run is a second or two (a handful of sessions, sub-second rounds, a few
 hundred seeded messages). The checks are about structure (counts, ratios,
@@ -17,18 +17,19 @@ import pytest
 
 from chat_storage import Settings
 from devdb import ServerInfo
-from loadtests.bench.backends import Handoff, StoreBackend
-from loadtests.bench.cli import main
 from loadtests.bench.pool import sample_in_use
 from loadtests.bench.sessions import OPS_PER_TURN
-from loadtests.bench.stats import percentile
+from loadtests.cli import main
+from loadtests.core.backends import Handoff, StoreBackend
 
 TINY = ["--seconds", "0.4", "--warmup", "0.1"]
 
 
 def run_bench(pg_server: ServerInfo, tmp_path: Path, name: str, *options: str) -> dict[str, Any]:
     """Run one benchmark; its results.json (after checking both files exist)."""
-    status = main([name, *options, "--server-url", pg_server.url, "--reports-dir", str(tmp_path)])
+    status = main(
+        ["bench", name, *options, "--server-url", pg_server.url, "--reports-dir", str(tmp_path)]
+    )
     assert status == 0
     (directory,) = tmp_path.glob(f"bench-{name}-*")
     assert "|--" in (directory / "table.md").read_text()
@@ -48,8 +49,8 @@ def check_comparison(results: dict[str, Any], names: tuple[str, str]) -> None:
         for variant in level["variants"].values():
             assert variant["ops"] > 0
             assert finite_positive(variant["cpu_us_per_op"])
-            assert variant["latency_ms"]["history_read"]["count"] > 0
-            assert variant["latency_ms"]["message_insert"]["count"] > 0
+            assert variant["latency_ms"]["get_history"]["count"] > 0
+            assert variant["latency_ms"]["add_message"]["count"] > 0
         assert finite_positive(level["ratios"]["ops_per_second"])
         assert finite_positive(level["ratios"]["cpu_per_op"])
         assert {"ops", "cpu", "target"} <= set(level["targets_met"])
@@ -139,7 +140,7 @@ def test_network_counts_round_trips(pg_server: ServerInfo, tmp_path: Path) -> No
         "--messages", "300", "--delay-ms", "2",
     )  # fmt: skip
     assert finite_positive(results["select1_p50_ms"]["proxied"])
-    for op in ("history_read", "message_insert"):
+    for op in ("get_history", "add_message"):
         figures = results["operations"][op]
         assert figures["count"] > 0
         assert figures["expected_ms"] == pytest.approx(figures["p50_direct_ms"] + 4, abs=0.002)
@@ -176,7 +177,7 @@ def test_pool_reports_wait_and_sizing(pg_server: ServerInfo, tmp_path: Path) -> 
 async def test_in_use_sampler_counts_held_connections(database_url: str) -> None:
     """The pool benchmark's sampler sees a held connection in every sample, and
     none once it is back."""
-    backend = StoreBackend("sampled", database_url, pool_size=2, max_overflow=1)
+    backend = StoreBackend(database_url, name="sampled", pool_size=2, max_overflow=1)
     await backend.open()
     try:
         held = await backend.store.engine.connect()
@@ -201,7 +202,7 @@ async def test_store_backend_passes_the_overflow_idle_timeout(
 ) -> None:
     """``pool --overflow-idle-timeout`` reaches the engine's pool (None: the default)."""
     backend = StoreBackend(
-        "idle", database_url, pool_size=1, max_overflow=1, overflow_idle_timeout=idle
+        database_url, name="idle", pool_size=1, max_overflow=1, overflow_idle_timeout=idle
     )
     await backend.open()
     try:
@@ -222,10 +223,10 @@ def test_scale_grows_the_table(pg_server: ServerInfo, tmp_path: Path) -> None:
     first, second = results["levels"]
     assert 300 <= first["messages"] < second["messages"]
     for level in (first, second):
-        assert level["workload"]["latency_ms"]["history_read"]["count"] > 0
+        assert level["workload"]["latency_ms"]["get_history"]["count"] > 0
         for explained in level["explain_history"].values():
             assert explained["shared_hit"] + explained["shared_read"] > 0
-    assert finite_positive(results["p95_ratio_largest_to_smallest"]["history_read"])
+    assert finite_positive(results["p95_ratio_largest_to_smallest"]["get_history"])
 
 
 async def test_handoff_serves_waiters_in_arrival_order() -> None:
@@ -239,11 +240,3 @@ async def test_handoff_serves_waiters_in_arrival_order() -> None:
     handoff.release("d")
     assert [await w for w in waiters] == ["a", "b", "c"]
     assert await late == "d"
-
-
-def test_percentile_is_nearest_rank() -> None:
-    """p50 of 1..10 is 5, p95 is 10, empty is NaN."""
-    values = [float(v) for v in range(1, 11)]
-    assert percentile(values, 0.5) == 5.0
-    assert percentile(values, 0.95) == 10.0
-    assert math.isnan(percentile([], 0.5))

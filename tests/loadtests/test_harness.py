@@ -136,11 +136,11 @@ def test_summary_has_the_documented_fields(short_run: Run) -> None:
     assert summary["users"] == 20 and summary["mode"] == "paced"
     names = [op["name"] for op in summary["operations"]]
     assert names == [
-        "history_read",
-        "message_insert",
-        "conversation_create",
-        "conversation_list",
-        "conversation_archive",
+        "get_history",
+        "add_message",
+        "create_conversation",
+        "list_conversations",
+        "archive_conversation",
     ]
     for op in summary["operations"]:
         assert {
@@ -170,9 +170,9 @@ def test_summary_verdict_is_pass(short_run: Run) -> None:
 def test_history_reads_and_inserts_were_measured(short_run: Run) -> None:
     """The measured window holds history reads and message inserts."""
     ops = {op["name"]: op for op in short_run.summary()["operations"]}
-    assert ops["history_read"]["count"] > 0
-    assert ops["message_insert"]["count"] > 0
-    assert ops["history_read"]["p95_ms"] is not None
+    assert ops["get_history"]["count"] > 0
+    assert ops["add_message"]["count"] > 0
+    assert ops["get_history"]["p95_ms"] is not None
 
 
 def test_summary_hides_the_database_password(short_run: Run) -> None:
@@ -198,7 +198,7 @@ def test_locust_reports_are_written(short_run: Run) -> None:
 
 def test_table_is_printed(short_run: Run) -> None:
     """The per-operation table and the verdict line are printed."""
-    assert "history_read" in short_run.output
+    assert "get_history" in short_run.output
     assert "verdict: PASS" in short_run.output
 
 
@@ -236,7 +236,7 @@ def test_honesty_compares_the_harness_with_pure_asyncio(server_url: str, tmp_pat
     (report,) = tmp_path.glob("*-honesty")
     summary = json.loads((report / "honesty.json").read_text())
     by_name = {op["operation"]: op for op in summary["operations"]}
-    for name in ("history_read", "message_insert"):
+    for name in ("get_history", "add_message"):
         assert by_name[name]["harness"]["count"] > 0 and by_name[name]["asyncio"]["count"] > 0
         added = by_name[name]["harness"]["p95_ms"] - by_name[name]["asyncio"]["p95_ms"]
         assert by_name[name]["p95_added_ms"] == pytest.approx(added, abs=0.01)
@@ -252,4 +252,4 @@ def test_locust_worker_processes_share_the_load(server_url: str, tmp_path: Path)
     summary = run.summary()
     assert summary["processes"] == 2 and summary["verdict"] == "pass"
     counts = {op["name"]: op["count"] for op in summary["operations"]}
-    assert counts["history_read"] > 0 and counts["message_insert"] > 0
+    assert counts["get_history"] > 0 and counts["add_message"] > 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -19,16 +18,17 @@ from pathlib import Path
 import pytest
 
 from devdb import ServerInfo
-from loadtests.bench.database import Target, bench_database, load_targets, seed_messages
 from loadtests.bench.instructions import Counts, PerOperation, operations, verdict
-from loadtests.bench.instrumentation import Options
-from loadtests.bench.sessions import Texts, _turn
+from loadtests.bench.instrumentation import Options, counted_child_command
+from loadtests.bench.sessions import Target, Texts, load_targets, run_turn
+from loadtests.core.database import scratch_database_migrated
+from loadtests.core.seed import seed_messages
 
 CACHEGRIND_OUT = """\
 desc: I1 cache:         32768 B, 64 B, 8-way associative
 desc: D1 cache:         32768 B, 64 B, 8-way associative
 desc: LL cache:         8388608 B, 64 B, 16-way associative
-cmd: python -m loadtests.bench.instructions
+cmd: python -c counted_child
 events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw
 fl=???
 fn=0x0
@@ -44,16 +44,18 @@ class CountingBackend:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
+    async def get_history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> int:
         self.calls += 1
         return 0
 
-    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+    async def add_message(
+        self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
+    ) -> None:
         self.calls += 1
 
-    async def listing(self, user_id: str) -> int:
+    async def list_conversations(self, user_id: str, limit: int) -> list[uuid.UUID]:
         self.calls += 1
-        return 0
+        return []
 
 
 async def test_operations_is_what_the_turns_run() -> None:
@@ -62,7 +64,7 @@ async def test_operations_is_what_the_turns_run() -> None:
     for turns in range(0, 32):
         backend = CountingBackend()
         for turn in range(turns):
-            await _turn(backend, target, turn, texts, None)  # type: ignore[arg-type]
+            await run_turn(backend, target, turn, texts, None)  # type: ignore[arg-type]
         assert backend.calls == operations(turns), turns
 
 
@@ -117,7 +119,7 @@ def test_verdict_holds_both_ratios_to_the_limit() -> None:
 def test_counted_child_runs_every_turn(pg_server: ServerInfo, tmp_path: Path) -> None:
     """The process cachegrind watches, run plainly: it ran ``operations(turns)``
     operations, each in a sampled caller trace and so each a span."""
-    with bench_database(pg_server.url) as url:
+    with scratch_database_migrated(pg_server.url) as url:
         asyncio.run(seed_messages(url, "bench", 300))
         (target,) = asyncio.run(load_targets(url, 1))
         options = Options(url, 1.0, "simple", "request", 10, 20)
@@ -130,6 +132,6 @@ def test_counted_child_runs_every_turn(pg_server: ServerInfo, tmp_path: Path) ->
             "turns": 12,
             "figures": str(figures),
         }
-        command = [sys.executable, "-m", "loadtests.bench.instructions", json.dumps(spec)]
+        command = counted_child_command(json.dumps(spec))
         subprocess.run(command, check=True, timeout=120)
     assert json.loads(figures.read_text()) == {"spans_exported": operations(12)}

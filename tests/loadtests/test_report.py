@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.cli import loop_safe_url
-from loadtests.report import OperationStats, Sample, percentile, summarize, verdict
-from loadtests.seed import history_lengths
+from loadtests.core.database import loop_safe_url
+from loadtests.core.seed import history_lengths
+from loadtests.core.stats import percentile
+from loadtests.harness.report import OperationStats, Sample, format_table, summarize, verdict
 
 TARGETS = {
-    "history_read": 100.0,
-    "message_insert": 50.0,
-    "conversation_create": 100.0,
-    "conversation_list": 100.0,
-    "conversation_archive": None,
+    "get_history": 100.0,
+    "add_message": 50.0,
+    "create_conversation": 100.0,
+    "list_conversations": 100.0,
+    "archive_conversation": None,
 }
 
 
 def _samples(name: str, values: list[float], failed: int = 0) -> list[Sample]:
-    return [Sample(float(i), "chat", name, v, i < failed) for i, v in enumerate(values)]
+    return [Sample(float(i), "store", name, v, i < failed) for i, v in enumerate(values)]
 
 
 def _row(name: str, **changes: object) -> OperationStats:
     values: dict[str, object] = {
         "name": name,
-        "driver": "chat",
+        "driver": "store",
         "count": 10,
         "failures": 0,
         "p50_ms": 1.0,
@@ -41,6 +42,8 @@ def test_percentile_is_nearest_rank() -> None:
     hundred = [float(v) for v in range(1, 101)]
     assert [percentile(hundred, q) for q in (50, 95, 99, 100)] == [50.0, 95.0, 99.0, 100.0]
     assert percentile([float(v) for v in range(1, 21)], 95) == 19.0
+    ten = [float(v) for v in range(1, 11)]
+    assert (percentile(ten, 50), percentile(ten, 95)) == (5.0, 10.0)
 
 
 def test_percentile_of_nothing_is_none() -> None:
@@ -55,9 +58,9 @@ def test_percentile_of_one_sample_is_that_sample() -> None:
 
 def test_summarize_computes_counts_failures_and_percentiles() -> None:
     """Rows carry count, failures and percentiles per operation, in the fixed order."""
-    samples = _samples("history_read", [float(v) for v in range(100, 0, -1)], failed=2)
+    samples = _samples("get_history", [float(v) for v in range(100, 0, -1)], failed=2)
     rows = summarize(samples, TARGETS)
-    assert [r.name for r in rows][:2] == ["history_read", "message_insert"]
+    assert [r.name for r in rows][:2] == ["get_history", "add_message"]
     history = rows[0]
     assert (history.count, history.failures) == (100, 2)
     assert (history.p50_ms, history.p95_ms, history.p99_ms) == (50.0, 95.0, 99.0)
@@ -66,31 +69,42 @@ def test_summarize_computes_counts_failures_and_percentiles() -> None:
 
 def test_row_passes_at_exactly_the_target() -> None:
     """p95 equal to the target passes; a hair above fails."""
-    assert _row("message_insert", p95_ms=50.0).passed
-    assert not _row("message_insert", p95_ms=50.01).passed
+    assert _row("add_message", p95_ms=50.0).passed
+    assert not _row("add_message", p95_ms=50.01).passed
 
 
 def test_row_with_a_failed_request_fails() -> None:
     """Any failed request fails the row, however fast."""
-    assert not _row("history_read", failures=1, p95_ms=1.0).passed
+    assert not _row("get_history", failures=1, p95_ms=1.0).passed
 
 
 def test_row_without_target_passes_on_latency() -> None:
     """No target: only failures count."""
-    assert _row("conversation_archive", target_p95_ms=None, p95_ms=10_000.0).passed
+    assert _row("archive_conversation", target_p95_ms=None, p95_ms=10_000.0).passed
 
 
 def test_required_operation_without_samples_fails() -> None:
     """A run that never read history (or never inserted) measured nothing: fail."""
-    assert not _row("history_read", count=0, p95_ms=None).passed
-    assert _row("conversation_archive", count=0, p95_ms=None).passed
+    assert _row("get_history", count=0, p95_ms=None).status == "fail"
+    assert verdict([_row("add_message"), _row("get_history", count=0, p95_ms=None)]) == "fail"
+
+
+def test_operation_without_samples_is_never_a_pass() -> None:
+    """An operation with no sample is "no samples": not PASS, in the row, the
+    table or summary.json, and not a failure of the run either."""
+    empty = _row("archive_conversation", count=0, p95_ms=None, target_p95_ms=None)
+    assert not empty.passed
+    assert empty.status == "no samples"
+    assert empty.as_json()["pass"] is None
+    assert format_table([empty]).splitlines()[-1].endswith("NO SAMPLES")
+    assert verdict([_row("get_history"), empty]) == "pass"
 
 
 def test_verdict_fails_when_one_row_fails() -> None:
     """The verdict is pass only if every row passes."""
-    good = _row("history_read")
+    good = _row("get_history")
     assert verdict([good, good]) == "pass"
-    assert verdict([good, _row("message_insert", p95_ms=51.0)]) == "fail"
+    assert verdict([good, _row("add_message", p95_ms=51.0)]) == "fail"
 
 
 def test_history_lengths_sum_to_the_messages_asked() -> None:

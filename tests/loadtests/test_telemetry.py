@@ -1,4 +1,4 @@
-"""``loadtests.telemetry.configure_tracing``: an SDK from the OTEL_* variables,
+"""``loadtests.harness.telemetry.configure_tracing``: an SDK from the OTEL_* variables,
 exporting over OTLP/HTTP to a collector stand-in on loopback."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from chat_storage import ChatStore
-from loadtests.telemetry import configure_tracing
+from loadtests.harness.telemetry import configure_tracing
 from tests.loadtests.collector import Collector, running_collector
 
 

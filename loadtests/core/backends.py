@@ -1,13 +1,20 @@
-"""The workload's three operations on two paths: ChatStore, and raw asyncpg.
+"""The workload's five operations on two paths: ChatStore, and the raw asyncpg reference.
 
-:class:`RawBackend` is the reference: the very same SQL (the compiled
-statements of ``chat_storage.queries``), prepared and cached by asyncpg on each
-connection, arguments and rows through the same plans. Its connections wait in
-a first-come, first-served handoff (:class:`Handoff`), not ``asyncpg.Pool``,
-which sends a reset query on every release (an extra round trip) and lets fast
-tasks barge past waiting ones. The difference between the two is what
-ChatStore adds on top of the driver: the SQLAlchemy pool checkout, the greenlet,
-the span, metrics and error translation.
+* :class:`StoreBackend`: ``chat_storage.ChatStore`` on ``chat_storage.create_engine``
+  (the package as an application uses it: SQLAlchemy pool, spans, metrics,
+  error translation).
+* :class:`RawBackend`, the reference every harness, gate and benchmark compares
+  with: the very same SQL (the compiled statements of ``chat_storage.queries``),
+  prepared and cached by asyncpg on each connection, arguments and rows through
+  the same plans, one statement per operation, the CTE append included. Its
+  connections wait in a first-come, first-served :class:`Handoff`, not
+  ``asyncpg.Pool``, which lets a fast task barge past waiting ones and sends a
+  reset query on every release (a round trip ChatStore does not pay). So the
+  difference between the two is what ChatStore adds on top of the driver: the
+  pool checkout, the span, the metrics, error translation.
+
+Both are built anywhere and open nothing until :meth:`open`, which must run in
+the event loop that will use them (after Locust forks its workers).
 """
 
 from __future__ import annotations
@@ -23,29 +30,34 @@ from opentelemetry import trace
 from sqlalchemy.engine import make_url
 
 from chat_storage import ChatStore, StoreMetrics, create_engine
+from chat_storage.models import ConversationStatus
 from chat_storage.queries.base import Plan
-from chat_storage.queries.conversations import plan_list_conversations
+from chat_storage.queries.conversations import (
+    plan_create_conversation,
+    plan_list_conversations,
+    plan_set_status,
+)
 from chat_storage.queries.messages import plan_add_message, plan_get_history
 from chat_storage.tracing import StatementTracing, instrument_statements
+from loadtests.core.workload import RAW, STORE
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-HISTORY_LIMIT = 20
-LIST_LIMIT = 50
-
 
 class Backend(Protocol):
-    """The operations a benchmark session performs."""
+    """The operations a simulated user or a benchmark session performs."""
 
     name: str
 
     async def open(self) -> None: ...
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int: ...
-    async def append(
+    async def get_history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> int: ...
+    async def add_message(
         self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
     ) -> None: ...
-    async def listing(self, user_id: str) -> int: ...
+    async def create_conversation(self, user_id: str) -> uuid.UUID: ...
+    async def list_conversations(self, user_id: str, limit: int) -> list[uuid.UUID]: ...
+    async def archive_conversation(self, user_id: str, conversation_id: uuid.UUID) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -54,9 +66,9 @@ class StoreBackend:
 
     def __init__(
         self,
-        name: str,
         url: str,
         *,
+        name: str = STORE,
         pool_size: int,
         max_overflow: int,
         metrics: StoreMetrics | None = None,
@@ -80,11 +92,18 @@ class StoreBackend:
 
     @property
     def store(self) -> ChatStore:
+        """The open store.
+
+        Raises:
+            RuntimeError: :meth:`open` has not run.
+        """
         if self._store is None:
             raise RuntimeError(f"{self.name}: open() first")
         return self._store
 
     async def open(self) -> None:
+        """Build the engine and the store, and open ``pool_size`` connections now,
+        so that the first measured operations do not pay for connecting."""
         overrides: dict[str, Any] = {}
         if self._overflow_idle_timeout is not None:
             overrides["pool_overflow_idle_timeout"] = self._overflow_idle_timeout
@@ -99,29 +118,38 @@ class StoreBackend:
                 engine, tracer_provider=self._tracer_provider
             )
         self._store = ChatStore(engine, metrics=self.metrics, tracer_provider=self._tracer_provider)
-        # Open the kept connections now, so the first round does not pay for them.
         connections = [await engine.connect() for _ in range(self._pool_size)]
         for connection in connections:
             await connection.close()
 
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
-        page = await self.store.get_history(user_id, conversation_id, limit=HISTORY_LIMIT)
+    async def get_history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> int:
+        page = await self.store.get_history(user_id, conversation_id, limit=limit)
         return len(page.items)
 
-    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+    async def add_message(
+        self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
+    ) -> None:
         await self.store.add_message(user_id, conversation_id, role, text)
 
-    async def listing(self, user_id: str) -> int:
-        page = await self.store.list_conversations(user_id, limit=LIST_LIMIT)
-        return len(page.items)
+    async def create_conversation(self, user_id: str) -> uuid.UUID:
+        return (await self.store.create_conversation(user_id)).id
+
+    async def list_conversations(self, user_id: str, limit: int) -> list[uuid.UUID]:
+        page = await self.store.list_conversations(user_id, limit=limit)
+        return [c.id for c in page.items]
+
+    async def archive_conversation(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        await self.store.archive_conversation(user_id, conversation_id)
 
     def final_figures(self) -> dict[str, float]:
-        """What the run's telemetry saw (for a duet's report; see duet.py)."""
+        """What the run's telemetry saw (for a duet's report; see bench/duet.py)."""
         return self._final_figures() if self._final_figures is not None else {}
 
     async def close(self) -> None:
+        """Remove the statement instrumentation and dispose of the engine."""
         if self._statement_tracer is not None:
             self._statement_tracer.remove()
+            self._statement_tracer = None
         if self._store is not None:
             store, self._store = self._store, None
             await store.engine.dispose()
@@ -135,6 +163,7 @@ class Handoff(Generic[T]):
         self._waiters: deque[asyncio.Future[T]] = deque()
 
     async def acquire(self) -> T:
+        """An idle item, or the first one released after every earlier waiter's."""
         if self._items:  # items wait only while nobody else does
             return self._items.popleft()
         waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -147,6 +176,7 @@ class Handoff(Generic[T]):
             raise
 
     def release(self, item: T) -> None:
+        """Hand ``item`` to the oldest waiter, or keep it idle."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -155,6 +185,7 @@ class Handoff(Generic[T]):
         self._items.append(item)
 
     def drain(self) -> list[T]:
+        """Take every idle item (to close them)."""
         items = list(self._items)
         self._items.clear()
         return items
@@ -163,7 +194,7 @@ class Handoff(Generic[T]):
 class RawBackend:
     """The same plans run prepared on ``connections`` plain asyncpg connections."""
 
-    def __init__(self, name: str, url: str, *, connections: int) -> None:
+    def __init__(self, url: str, *, name: str = RAW, connections: int) -> None:
         self.name = name
         # asyncpg takes the plain postgresql:// form and libpq's sslmode itself.
         parsed = make_url(url).set(drivername="postgresql")
@@ -174,6 +205,7 @@ class RawBackend:
         self._idle: Handoff[Any] = Handoff()
 
     async def open(self) -> None:
+        """Open every connection now (the reference never connects while measured)."""
         for _ in range(self._size):
             self._idle.release(await asyncpg.connect(self._dsn))
 
@@ -187,23 +219,32 @@ class RawBackend:
             self._idle.release(conn)
         return plan.finish(rows)
 
-    async def history(self, user_id: str, conversation_id: uuid.UUID) -> int:
-        plan = plan_get_history(
-            user_id=user_id, conversation_id=conversation_id, limit=HISTORY_LIMIT
-        )
+    async def get_history(self, user_id: str, conversation_id: uuid.UUID, limit: int) -> int:
+        plan = plan_get_history(user_id=user_id, conversation_id=conversation_id, limit=limit)
         return len((await self._run(plan)).items)
 
-    async def append(self, user_id: str, conversation_id: uuid.UUID, role: str, text: str) -> None:
+    async def add_message(
+        self, user_id: str, conversation_id: uuid.UUID, role: str, text: str
+    ) -> None:
         plan = plan_add_message(
             user_id=user_id, conversation_id=conversation_id, role=role, content=text
         )
         await self._run(plan)
 
-    async def listing(self, user_id: str) -> int:
-        return len(
-            (await self._run(plan_list_conversations(user_id=user_id, limit=LIST_LIMIT))).items
+    async def create_conversation(self, user_id: str) -> uuid.UUID:
+        return (await self._run(plan_create_conversation(user_id=user_id))).id
+
+    async def list_conversations(self, user_id: str, limit: int) -> list[uuid.UUID]:
+        page = await self._run(plan_list_conversations(user_id=user_id, limit=limit))
+        return [c.id for c in page.items]
+
+    async def archive_conversation(self, user_id: str, conversation_id: uuid.UUID) -> None:
+        plan = plan_set_status(
+            user_id=user_id, conversation_id=conversation_id, status=ConversationStatus.ARCHIVED
         )
+        await self._run(plan)
 
     async def close(self) -> None:
+        """Close every idle connection."""
         for conn in self._idle.drain():
             await conn.close()

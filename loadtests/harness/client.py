@@ -11,13 +11,23 @@ the two measures the harness and nothing else.
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from loadtests.workload import assistant_text, user_text
+from loadtests.core.backends import Backend
+from loadtests.core.workload import (
+    ADD_MESSAGE,
+    ARCHIVE_CONVERSATION,
+    CREATE_CONVERSATION,
+    GET_HISTORY,
+    HISTORY_LIMIT,
+    LIST_CONVERSATIONS,
+    LIST_LIMIT,
+    assistant_text,
+    user_text,
+)
 
 TASKS: Final = ("turn", "switch", "new", "archive")
 
@@ -49,39 +59,12 @@ def parse_weights(text: str) -> list[int]:
     return weights
 
 
-class Pacer:
-    """``--rate`` tasks per second per user on a fixed schedule with a random phase.
-
-    Locust's ``constant_throughput`` anchors each user's schedule to the end of
-    its first task, so any hiccup that completes many users' first tasks
-    together (process start-up, a slow first connection) keeps them in lockstep
-    for the whole run: measured, every user's turn inside one 200 ms window per
-    second, and p50 ~100 ms that was the burst, not the load. Here the schedule
-    is anchored to the clock at a random phase; a task that overruns its slot
-    starts the next one at once (no catch-up burst).
-    """
-
-    def __init__(self, rate: float, rng: random.Random) -> None:
-        self._period = 1.0 / rate
-        self._rng = rng
-        self._next: float | None = None
-
-    def wait(self) -> float:
-        """Seconds to wait before the next task."""
-        now = time.monotonic()
-        if self._next is None:
-            self._next = now + self._rng.uniform(0.0, self._period)
-        else:
-            self._next = max(self._next + self._period, now)
-        return self._next - now
-
-
 class ChatClient:
-    """One seeded user's behaviour; ``backend`` is a workload.StoreBackend or RawBackend."""
+    """One seeded user's behaviour, on either path (core.backends)."""
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         user_id: str,
         rng: random.Random,
         *,
@@ -98,7 +81,9 @@ class ChatClient:
 
     def start(self) -> Script:
         """Open the most recently updated conversation, or create one."""
-        outcome = yield Op("conversation_list", lambda: self.backend.list(self.user_id, 50))
+        outcome = yield Op(
+            LIST_CONVERSATIONS, lambda: self.backend.list_conversations(self.user_id, LIST_LIMIT)
+        )
         page, exc = outcome or (None, None)
         if exc is None and page:
             self.conversation = page[0]
@@ -116,12 +101,14 @@ class ChatClient:
             if self.conversation is None:
                 return
         conversation, user = self.conversation, self.user_id
-        outcome = yield Op("history_read", lambda: self.backend.history(user, conversation, 20))
+        outcome = yield Op(
+            GET_HISTORY, lambda: self.backend.get_history(user, conversation, HISTORY_LIMIT)
+        )
         if outcome is None or outcome[1] is not None:
             return
         text = user_text(self.rng)
         outcome = yield Op(
-            "message_insert", lambda: self.backend.append(user, conversation, "user", text)
+            ADD_MESSAGE, lambda: self.backend.add_message(user, conversation, "user", text)
         )
         if outcome is None or outcome[1] is not None:
             return
@@ -129,19 +116,23 @@ class ChatClient:
             yield Pause(self.reply_delay)
         reply = assistant_text(self.rng)
         yield Op(
-            "message_insert", lambda: self.backend.append(user, conversation, "assistant", reply)
+            ADD_MESSAGE, lambda: self.backend.add_message(user, conversation, "assistant", reply)
         )
 
     def switch(self) -> Script:
         """List the latest 50 active conversations and continue one of them."""
-        outcome = yield Op("conversation_list", lambda: self.backend.list(self.user_id, 50))
+        outcome = yield Op(
+            LIST_CONVERSATIONS, lambda: self.backend.list_conversations(self.user_id, LIST_LIMIT)
+        )
         page, exc = outcome or (None, None)
         if exc is None and page:
             self.conversation = self.rng.choice(page)
 
     def new(self) -> Script:
         """Start a new conversation."""
-        outcome = yield Op("conversation_create", lambda: self.backend.create(self.user_id))
+        outcome = yield Op(
+            CREATE_CONVERSATION, lambda: self.backend.create_conversation(self.user_id)
+        )
         value, exc = outcome or (None, None)
         self.conversation = value if exc is None else None
 
@@ -150,7 +141,8 @@ class ChatClient:
         conversation = self.conversation
         if conversation is not None:
             outcome = yield Op(
-                "conversation_archive", lambda: self.backend.archive(self.user_id, conversation)
+                ARCHIVE_CONVERSATION,
+                lambda: self.backend.archive_conversation(self.user_id, conversation),
             )
             if outcome is None or outcome[1] is not None:
                 return

@@ -1,11 +1,14 @@
+# Locust's event hooks and prometheus-client's multiprocess collector are untyped.
+# mypy: disable-error-code="untyped-decorator,no-untyped-call"
 """Locust users that behave like chat clients, through ChatStore or raw asyncpg.
 
 Run through ``python -m loadtests run`` (which migrates, seeds, picks the
 options and writes the report), or by hand against an already seeded database::
 
     LOADTEST_DATABASE_URL=postgresql://u@127.0.0.1:5432/db \\
-      locust -f loadtests/locustfile.py --headless -u 100 -r 50 -t 70s \\
-      --chat-run-id <runid> --chat-seed-users 200 StoreChatUser
+      locust -f loadtests/harness/locustfile.py --headless -u 100 -r 50 -t 100s \\
+      --chat-run-id <runid> --chat-seed-users 200 --chat-warmup 10 --chat-duration 60 \\
+      StoreChatUser
 
 Each simulated user owns one seeded user id (``loadtest-<runid>-<n>``, distinct
 per Locust user while there are at least as many seeded users as Locust users,
@@ -17,14 +20,18 @@ across ``--processes`` workers too) and repeats, picked by weight:
 * ``new``: create a conversation and continue in it;
 * ``archive``: archive the current conversation, then create a new one.
 
-Operation names (Locust's "Name" column): history_read, message_insert,
-conversation_create, conversation_list, conversation_archive. Request type
-``chat`` is the ChatStore path, ``raw`` the asyncpg reference path running the
-same SQL (the same compiled plans, prepared, one statement per operation).
+Operation names (Locust's "Name" column) are the product's (core/workload.py):
+get_history, add_message, create_conversation, list_conversations,
+archive_conversation. Request type ``store`` is the ChatStore path, ``raw`` the
+asyncpg reference path running the same SQL (core/backends.py).
+
+The measured window: stats are reset ``--chat-warmup`` s after the test starts
+and the runner quits ``--chat-duration`` s after that (``-t`` is only a
+backstop), so the window is the duration asked for.
 
 Concurrency: one asyncio loop per process in a real thread (bridge.py); the
-engine / asyncpg pool is made lazily inside that loop, so after Locust forks
-its ``--processes`` workers. Each request is timed inside the coroutine.
+engine / reference connections are opened inside that loop on first use, so
+after Locust forks its ``--processes`` workers. Each request is timed inside the coroutine.
 
 Metrics: the process that owns the loop serves the package's Prometheus metrics
 on ``--chat-metrics-port`` (0: off). With ``--processes`` (or master/worker
@@ -43,21 +50,19 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.lock
 from locust import User, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests.bridge import AsyncioBridge
-from loadtests.client import ChatClient, Outcome, Pacer, Pause, Script, parse_weights
-from loadtests.workload import (
-    OPERATIONS,
-    REQUEST_TYPES,
-    RawBackend,
-    StoreBackend,
-    seeded_user_id,
-)
+from loadtests.core.backends import Backend, RawBackend, StoreBackend
+from loadtests.core.pacer import Pacer
+from loadtests.core.workload import OPERATIONS, RAW, STORE, seeded_user_id
+from loadtests.harness.bridge import AsyncioBridge
+from loadtests.harness.client import ChatClient, Outcome, Pause, Script, parse_weights
 
 _bridge = AsyncioBridge()
-_backends: dict[str, Any] = {}
+_backends: dict[str, Backend] = {}
+_backends_lock = gevent.lock.Semaphore()
 _user_counter = 0
 _samples: list[tuple[float, str, str, float, int]] = []
 
@@ -84,6 +89,9 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--chat-max-overflow", type=int, default=20, help="overflow per process")
     group.add_argument("--chat-worker-count", type=int, default=1, help="worker processes")
     group.add_argument("--chat-warmup", type=float, default=0.0, help="reset stats after (s)")
+    group.add_argument(
+        "--chat-duration", type=float, default=0.0, help="quit this long after the reset (s; 0: -t)"
+    )
     group.add_argument("--chat-samples-dir", default="", help="write every sample here")
     group.add_argument("--chat-metrics-port", type=int, default=0, help="Prometheus port; 0 off")
 
@@ -99,25 +107,26 @@ def _database_url() -> str:
     return url
 
 
-def _backend(kind: str, options: Any) -> Any:
-    """This process's backend of ``kind`` (made on first use, after any fork)."""
-    backend = _backends.get(kind)
-    if backend is None:
-        url = _database_url()
-        if kind == "chat":
-            backend = StoreBackend(
-                url,
-                pool_size=options.chat_pool_size,
-                max_overflow=options.chat_max_overflow,
-                registry=_metrics_registry(),
-            )
-        else:
-            backend = RawBackend(
-                url, min_size=options.chat_pool_size,
-                max_size=options.chat_pool_size + options.chat_max_overflow,
-            )  # fmt: skip
-        _backends[kind] = backend
-    return backend
+def _backend(kind: str, options: Any) -> Backend:
+    """This process's backend of ``kind``, opened on first use (after any fork)."""
+    with _backends_lock:  # one greenlet opens it; the others wait for it
+        backend = _backends.get(kind)
+        if backend is None:
+            url = _database_url()
+            if kind == STORE:
+                backend = StoreBackend(
+                    url,
+                    pool_size=options.chat_pool_size,
+                    max_overflow=options.chat_max_overflow,
+                    metrics=_bridge.call(_store_metrics),
+                )
+            else:
+                backend = RawBackend(
+                    url, connections=options.chat_pool_size + options.chat_max_overflow
+                )
+            _bridge.call(backend.open)
+            _backends[kind] = backend
+        return backend
 
 
 # -- the simulated chat client ---------------------------------------------------------
@@ -125,7 +134,7 @@ def _backend(kind: str, options: Any) -> Any:
 
 class _ChatUser(User):
     abstract = True
-    request_type = "chat"
+    request_type = STORE
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -137,7 +146,7 @@ class _ChatUser(User):
         index = _user_counter * workers + worker
         _user_counter += 1
         self.rng = random.Random(index)
-        self._pacer = Pacer(options.chat_rate, self.rng) if options.chat_rate > 0 else None
+        self._pacer: Pacer | None = None
         self.client = ChatClient(
             _backend(self.request_type, options),
             seeded_user_id(options.chat_run_id, index % options.chat_seed_users),
@@ -178,11 +187,11 @@ class _ChatUser(User):
             outcome = (value, exc)
 
     def on_start(self) -> None:
-        # Spread the users' first operations over one period; the pacer then
-        # gives each its own random phase (see client.Pacer).
+        # Each user's schedule starts at its own random phase (core/pacer.py).
         options = _options(self)
         if options.chat_mode == "paced" and options.chat_rate > 0:
-            gevent.sleep(self.rng.uniform(0, 1.0 / options.chat_rate))
+            self._pacer = Pacer(options.chat_rate, self.rng)
+            gevent.sleep(self._pacer.wait())
         elif options.chat_mode == "think":
             gevent.sleep(self.rng.uniform(0, options.chat_think_max))
         self._drive(self.client.start())
@@ -195,18 +204,17 @@ class _ChatUser(User):
 
 
 class StoreChatUser(_ChatUser):
-    """A chat client going through chat_storage.ChatStore (request type ``chat``)."""
+    """A chat client going through chat_storage.ChatStore (request type ``store``)."""
 
-    request_type = "chat"
+    request_type = STORE
 
 
 class RawChatUser(_ChatUser):
     """The same client on raw asyncpg with the same SQL (request type ``raw``)."""
 
-    request_type = "raw"
+    request_type = RAW
 
 
-assert set(REQUEST_TYPES) == {StoreChatUser.request_type, RawChatUser.request_type}
 assert len(OPERATIONS) == 5
 
 
@@ -224,6 +232,14 @@ def _metrics_registry() -> Any:
         # Multiprocess mode: the default registry writes to PROMETHEUS_MULTIPROC_DIR.
         _registry = REGISTRY if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry()
     return _registry
+
+
+async def _store_metrics() -> Any:
+    """StoreMetrics on this process's registry, made in the loop's thread, which
+    is where the store will observe them."""
+    from chat_storage import StoreMetrics
+
+    return StoreMetrics(_metrics_registry())
 
 
 def _serve_metrics(environment: Any) -> None:
@@ -281,7 +297,7 @@ def _on_init(environment: Any, **_: Any) -> None:
     if not isinstance(runner, MasterRunner):
         # Spans of this process's ChatStore operations, when OTEL_TRACES_EXPORTER
         # asks for them (the stores use the global provider).
-        from loadtests.telemetry import configure_tracing
+        from loadtests.harness.telemetry import configure_tracing
 
         _tracer_provider = configure_tracing()
     if isinstance(runner, WorkerRunner):
@@ -311,8 +327,8 @@ def _warm_backends(environment: Any) -> None:
     engine and connecting are not inside the first measured operations."""
     options = environment.parsed_options
     kinds = {getattr(cls, "request_type", None) for cls in environment.user_classes}
-    for kind in sorted(k for k in kinds if k in REQUEST_TYPES):
-        _bridge.call(_backend(kind, options).warm)
+    for kind in sorted(k for k in kinds if k in (STORE, RAW)):
+        _backend(kind, options)
 
 
 @events.test_start.add_listener
@@ -324,17 +340,22 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         return
     _write_phase(environment, "started_at")
     warmup = environment.parsed_options.chat_warmup
+    duration = environment.parsed_options.chat_duration
 
     def reset() -> None:
         runner.stats.reset_all()
         if isinstance(runner, MasterRunner):
             runner.send_message("chat_reset_stats")
         _write_phase(environment, "reset_at")
+        if duration > 0:
+            # The measured window is the duration asked for: -t counts from
+            # Locust's start, before the pools opened and the warm-up ran.
+            gevent.spawn_later(duration, runner.quit)
 
     if warmup > 0:
         gevent.spawn_later(warmup, reset)
     else:
-        _write_phase(environment, "reset_at")
+        reset()
 
 
 @events.test_stop.add_listener
@@ -353,7 +374,7 @@ def _on_quitting(environment: Any, **_: Any) -> None:
         try:
             _bridge.call(backend.close)
         except Exception as exc:
-            print(f"closing the {backend.kind} backend: {exc!r}", flush=True)
+            print(f"closing the {backend.name} backend: {exc!r}", flush=True)
     _backends.clear()
     if _tracer_provider is not None:
         _tracer_provider.shutdown()  # flushes the batch processors

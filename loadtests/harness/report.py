@@ -9,16 +9,15 @@ nearest-rank over all samples, not Locust's rounded buckets.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.workload import OPERATIONS
+from loadtests.core.stats import percentile
+from loadtests.core.workload import OPERATIONS, RAW, REQUIRED, STORE
 
-#: Operations whose absence from a run makes it fail (the run measured nothing).
-REQUIRED: tuple[str, ...] = ("history_read", "message_insert")
+PASS, FAIL, NO_SAMPLES = "pass", "fail", "no samples"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +45,22 @@ class OperationStats:
     target_p95_ms: float | None
 
     @property
-    def passed(self) -> bool:
-        """No failure, and p95 within target (when there is one and a sample)."""
+    def status(self) -> str:
+        """``pass`` (samples, no failure, p95 within any target), ``fail``, or
+        ``no samples``: nothing measured is never a pass, and fails the run
+        for a required operation."""
         if self.failures:
-            return False
-        if self.count == 0:
-            return self.name not in REQUIRED
-        if self.target_p95_ms is None or self.p95_ms is None:
-            return True
-        return self.p95_ms <= self.target_p95_ms
+            return FAIL
+        if self.count == 0 or self.p95_ms is None:
+            return FAIL if self.name in REQUIRED else NO_SAMPLES
+        if self.target_p95_ms is not None and self.p95_ms > self.target_p95_ms:
+            return FAIL
+        return PASS
+
+    @property
+    def passed(self) -> bool:
+        """True only for a row that was measured and met its target."""
+        return self.status == PASS
 
     def as_json(self) -> dict[str, Any]:
         """The summary.json form."""
@@ -67,7 +73,7 @@ class OperationStats:
             "p95_ms": _round(self.p95_ms),
             "p99_ms": _round(self.p99_ms),
             "target_p95_ms": self.target_p95_ms,
-            "pass": self.passed,
+            "pass": None if self.status == NO_SAMPLES else self.passed,
         }
 
 
@@ -75,20 +81,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` (0..100) of already sorted values; None if empty."""
-    if not sorted_values:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within 0..100")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def summarize(
     samples: Iterable[Sample],
     targets: Mapping[str, float | None],
-    drivers: Sequence[str] = ("chat",),
+    drivers: Sequence[str] = (STORE,),
 ) -> list[OperationStats]:
     """One row per driver and operation (in OPERATIONS order), zero-count rows included."""
     durations: dict[tuple[str, str], list[float]] = {}
@@ -118,8 +114,9 @@ def summarize(
 
 
 def verdict(rows: Iterable[OperationStats]) -> str:
-    """``pass`` when every row passes, else ``fail``."""
-    return "pass" if all(row.passed for row in rows) else "fail"
+    """``fail`` when a row fails (a required operation without samples does),
+    else ``pass``; a row without samples is not judged."""
+    return FAIL if any(row.status == FAIL for row in rows) else PASS
 
 
 def format_table(rows: Sequence[OperationStats]) -> str:
@@ -142,7 +139,7 @@ def format_table(rows: Sequence[OperationStats]) -> str:
                 ms(r.p95_ms),
                 ms(r.p99_ms),
                 target,
-                "PASS" if r.passed else "FAIL",
+                r.status.upper(),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -200,7 +197,7 @@ def chart(
     start: float,
     targets: Mapping[str, float | None],
     path: Path,
-    drivers: Sequence[str] = ("chat",),
+    drivers: Sequence[str] = (STORE,),
     interval: float = 2.0,
     title: str = "",
 ) -> Path:
@@ -212,7 +209,7 @@ def chart(
 
     data = series(samples, start, interval)
     fig, axes = plt.subplots(len(OPERATIONS), 1, figsize=(10, 2.6 * len(OPERATIONS)), sharex=True)
-    styles = {"chat": "-", "raw": ":"}
+    styles = {STORE: "-", RAW: ":"}
     colors = {"p50": "tab:green", "p95": "tab:orange", "p99": "tab:red"}
     for ax, name in zip(axes, OPERATIONS, strict=True):
         for driver in drivers:

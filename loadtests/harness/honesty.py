@@ -15,9 +15,11 @@ import asyncio
 import random
 import time
 
-from loadtests.client import ChatClient, Outcome, Pacer, Pause, Script, parse_weights
-from loadtests.report import Sample
-from loadtests.workload import StoreBackend, seeded_user_id
+from loadtests.core.backends import StoreBackend
+from loadtests.core.pacer import Pacer
+from loadtests.core.workload import STORE, seeded_user_id
+from loadtests.harness.client import ChatClient, Outcome, Pause, Script, parse_weights
+from loadtests.harness.report import Sample
 
 
 async def _drive(client: ChatClient, script: Script, samples: list[Sample]) -> None:
@@ -36,11 +38,11 @@ async def _drive(client: ChatClient, script: Script, samples: list[Sample]) -> N
             value = await step.call()
         except Exception as exc:
             ms = (time.perf_counter() - started) * 1000.0
-            samples.append(Sample(time.time(), "chat", step.name, ms, True))
+            samples.append(Sample(time.time(), STORE, step.name, ms, True))
             outcome = (None, exc)
             continue
         ms = (time.perf_counter() - started) * 1000.0
-        samples.append(Sample(time.time(), "chat", step.name, ms, False))
+        samples.append(Sample(time.time(), STORE, step.name, ms, False))
         outcome = (value, None)
 
 
@@ -59,7 +61,7 @@ async def run_pure(
 ) -> list[Sample]:
     """Paced users on one event loop; the samples of the measured window only."""
     backend = StoreBackend(url, pool_size=pool_size, max_overflow=max_overflow)
-    await backend.warm()
+    await backend.open()
     samples: list[Sample] = []
     parsed = parse_weights(weights)
     stop_at = time.monotonic() + warmup + duration
@@ -70,7 +72,7 @@ async def run_pure(
         client = ChatClient(
             backend, seeded_user_id(run_id, index % seeded_users), rng, weights=parsed
         )
-        await asyncio.sleep(rng.uniform(0, 1.0 / rate))  # as the Locust users' on_start
+        await asyncio.sleep(pacer.wait())  # as the Locust users' on_start
         await _drive(client, client.start(), samples)
         while time.monotonic() < stop_at:
             await _drive(client, client.next_task(), samples)

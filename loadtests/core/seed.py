@@ -19,13 +19,15 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from loadtests.workload import seeded_user_id, user_prefix
+from loadtests.core.workload import seeded_user_id, user_prefix
 
 _BATCH_MESSAGES = 50_000
 
@@ -43,7 +45,7 @@ WHERE c.id = ANY($1::uuid[])
 
 
 class SeedError(RuntimeError):
-    """The database cannot take the seed (for example: an unexpected users table)."""
+    """The database cannot take the seed (for example: a users column it cannot fill)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,28 +136,113 @@ class Progress:
         sys.stderr.flush()
 
 
-async def users_table_columns(conn: Any) -> dict[str, tuple[bool, bool]] | None:
-    """The users table's columns as name -> (nullable, has default); None without a table."""
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of the application's users table, as the seed needs to know it."""
+
+    name: str
+    type_name: str  # pg_type.typname
+    shown_type: str  # format_type(): what the error message names
+    max_length: int | None  # varchar(n) / char(n)
+    nullable: bool
+    has_default: bool
+    enum_labels: tuple[str, ...]
+
+    @property
+    def required(self) -> bool:
+        """NOT NULL and nothing fills it when the seed leaves it out."""
+        return not self.nullable and not self.has_default
+
+
+async def users_table_columns(conn: Any) -> dict[str, Column] | None:
+    """The users table's columns by name; None without a table."""
     rows = await conn.fetch(
         """
-        SELECT a.attname AS name, NOT a.attnotnull AS nullable,
-               (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS has_default
-        FROM pg_attribute a
+        SELECT a.attname AS name, t.typname AS type_name,
+               format_type(a.atttypid, a.atttypmod) AS shown_type,
+               CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod > 4
+                    THEN a.atttypmod - 4 END AS max_length,
+               NOT a.attnotnull AS nullable,
+               (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS has_default,
+               ARRAY(SELECT e.enumlabel FROM pg_enum e WHERE e.enumtypid = a.atttypid
+                     ORDER BY e.enumsortorder) AS enum_labels
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
         WHERE a.attrelid = to_regclass('users') AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
         """
     )
     if not rows:
         return None
-    return {r["name"]: (r["nullable"], r["has_default"]) for r in rows}
+    return {
+        r["name"]: Column(
+            r["name"],
+            r["type_name"],
+            r["shown_type"],
+            r["max_length"],
+            r["nullable"],
+            r["has_default"],
+            tuple(r["enum_labels"]),
+        )
+        for r in rows
+    }
 
 
-async def create_users_standin(url: str) -> None:
-    """A minimal stand-in for the application's users table (scratch databases only)."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("CREATE TABLE users (id VARCHAR(255) PRIMARY KEY, email TEXT)")
-    finally:
-        await conn.close()
+#: What the seed writes into a NOT NULL column without a default, by type: a
+#: function of the seeded user's id and number. Text is the id itself (unique,
+#: like a username or an email would be); everything else a neutral value.
+_FILLERS: dict[str, Callable[[str, int], Any]] = {
+    **dict.fromkeys(("text", "varchar", "bpchar", "citext", "name"), lambda uid, n: uid),
+    **dict.fromkeys(("int2", "int4", "int8"), lambda uid, n: n),
+    "numeric": lambda uid, n: Decimal(0),
+    **dict.fromkeys(("float4", "float8"), lambda uid, n: 0.0),
+    "bool": lambda uid, n: False,
+    "timestamptz": lambda uid, n: datetime.now(UTC),
+    "timestamp": lambda uid, n: datetime.now(UTC).replace(tzinfo=None),
+    "date": lambda uid, n: datetime.now(UTC).date(),
+    "uuid": lambda uid, n: uuid.uuid4(),
+    **dict.fromkeys(("json", "jsonb"), lambda uid, n: "{}"),
+}
+
+
+def _user_filler(column: Column) -> Callable[[str, int], Any]:
+    """How to fill ``column`` for each seeded user.
+
+    Raises:
+        SeedError: a required column of a type the seed cannot fill (one line,
+            naming the column and its type).
+    """
+    if column.name == "id":
+        return lambda uid, n: uid
+    if column.name == "email":
+        return lambda uid, n: f"{uid}@loadtest.invalid"
+    if column.enum_labels:
+        first = column.enum_labels[0]
+        return lambda uid, n: first
+    filler = _FILLERS.get(column.type_name)
+    if filler is None:
+        raise SeedError(
+            f"cannot seed users: column users.{column.name} ({column.shown_type}) is NOT NULL "
+            "without a default and the harness cannot fill that type; give it a default or "
+            "make it nullable"
+        )
+    if column.max_length is not None and column.type_name in ("varchar", "bpchar"):
+        limit = column.max_length
+        return lambda uid, n: str(filler(uid, n))[-limit:]
+    return filler
+
+
+def user_records(
+    columns: dict[str, Column], user_ids: list[str]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns the seed writes (id, email if any, every required one) and
+    one record per user.
+
+    Raises:
+        SeedError: a required column the seed cannot fill.
+    """
+    names = [c.name for c in columns.values() if c.name in ("id", "email") or c.required]
+    fillers = [_user_filler(columns[name]) for name in names]
+    return names, [tuple(fill(uid, n) for fill in fillers) for n, uid in enumerate(user_ids)]
 
 
 async def seed(url: str, run_id: str, plan: SeedPlan, *, quiet: bool = False) -> dict[str, int]:
@@ -171,22 +258,8 @@ async def _seed(conn: Any, run_id: str, plan: SeedPlan, *, quiet: bool) -> dict[
     columns = await users_table_columns(conn)
     if columns is None:
         raise SeedError("no users table")
-    user_columns = ["id"] + (["email"] if "email" in columns else [])
-    required = [
-        name
-        for name, (nullable, has_default) in columns.items()
-        if not nullable and not has_default and name not in user_columns
-    ]
-    if required:
-        raise SeedError(
-            "cannot seed users: the users table requires column(s) "
-            + ", ".join(required)
-            + " that the harness does not know how to fill"
-        )
     user_ids = [seeded_user_id(run_id, n) for n in range(plan.users)]
-    records: list[tuple[Any, ...]] = [
-        (uid, f"{uid}@loadtest.invalid")[: len(user_columns)] for uid in user_ids
-    ]
+    user_columns, records = user_records(columns, user_ids)
     bar = None if quiet else Progress("users", len(records))
     for i in range(0, len(records), 10_000):
         chunk = records[i : i + 10_000]
@@ -253,3 +326,11 @@ async def delete_seeded(url: str, run_id: str) -> int:
     finally:
         await conn.close()
     return int(status.split()[-1])
+
+
+async def seed_messages(
+    url: str, run_id: str, messages: int, *, conversations: int | None = None
+) -> dict[str, int]:
+    """Seed ``messages`` messages, quietly, scaled as :meth:`SeedPlan.scaled` does."""
+    plan = SeedPlan.scaled(messages, conversations=conversations)
+    return await seed(url, run_id, plan, quiet=True)

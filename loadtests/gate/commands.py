@@ -1,20 +1,22 @@
-"""``python -m loadtests.gate``: the statistical latency gate.
+"""``python -m loadtests gate``: the statistical latency gate.
 
 Commands::
 
-    python -m loadtests.gate check                  # run the short load, judge it
-    python -m loadtests.gate check --summary S.json # judge an existing run
-    python -m loadtests.gate update-baseline        # 5 runs -> gate_baseline.json
-    python -m loadtests.gate update-baseline --summary A.json --summary B.json
+    python -m loadtests gate check                  # run the short load, judge it
+    python -m loadtests gate check --summary S.json # judge an existing run
+    python -m loadtests gate update-baseline        # 5 runs -> baseline.json
+    python -m loadtests gate update-baseline --summary A.json --summary B.json
+    python -m loadtests gate prove slow-query       # the gate must fail (prove.py)
+    python -m loadtests gate prove quiet --runs 3   # the gate must pass every time
 
 ``check`` runs ``python -m loadtests run --driver both --mode paced --users 100
 --duration 60 --warmup 10`` (half the users on ChatStore, half on the raw
 asyncpg reference running the same SQL), then compares each operation's
-normalised p95 (store p95 / raw p95, same run) with gate_baseline.json; see
-gate_compare.py for the rule. Exit status: 0 pass, 1 fail, 2 the run could
+normalised p95 (store p95 / raw p95, same run) with baseline.json; see
+compare.py for the rule. Exit status: 0 pass, 1 fail, 2 the run could
 not be made.
 
-``update-baseline`` is the only command that writes gate_baseline.json: the
+``update-baseline`` is the only command that writes baseline.json: the
 median normalised p95 per operation over its runs, their spread, the machine
 (platform, CPUs, Python, PostgreSQL) and the date. The threshold and slack are
 kept from the existing file: they are a decision (reasoning recorded in the
@@ -46,9 +48,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtests.gate_compare import (
-    RAW,
-    STORE,
+from loadtests.core.database import loop_safe_url
+from loadtests.core.options import at_least, positive
+from loadtests.core.workload import ADD_MESSAGE, GET_HISTORY, RAW, STORE
+from loadtests.gate import prove
+from loadtests.gate.compare import (
+    BASELINE,
     Driven,
     by_driver,
     compare,
@@ -57,37 +62,53 @@ from loadtests.gate_compare import (
     normalised_p95,
 )
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-BASELINE = HERE / "gate_baseline.json"
+ROOT = BASELINE.parents[2]
 LOAD = ("--driver", "both", "--mode", "paced", "--metrics-port", "0")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.gate", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gate`` command's subcommands and options."""
+    parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="gate_command", required=True)
     for name, help_text in (
         ("check", "judge a run (made now, or --summary) against the baseline"),
-        ("update-baseline", "rewrite gate_baseline.json from fresh runs (or --summary files)"),
+        ("update-baseline", "rewrite baseline.json from fresh runs (or --summary files)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--baseline", type=Path, default=BASELINE, help="(loadtests/...json)")
+        p.add_argument("--baseline", type=Path, default=BASELINE, help="(loadtests/gate/...)")
         p.add_argument(
             "--summary",
             type=Path,
             action="append",
             help="an existing summary.json instead of a new run (repeatable for update)",
         )
-        p.add_argument("--users", type=int, default=100, help="Locust users, half per driver")
-        p.add_argument("--duration", type=float, default=60.0, help="measured seconds (60)")
-        p.add_argument("--warmup", type=float, default=10.0, help="warm-up seconds (10)")
+        p.add_argument(
+            "--users", type=at_least(2), default=100, help="Locust users, half per driver"
+        )
+        p.add_argument("--duration", type=positive, default=60.0, help="measured seconds (60)")
+        p.add_argument("--warmup", type=at_least(0.0), default=10.0, help="warm-up seconds (10)")
         p.add_argument(
             "--reports-dir", type=Path, default=ROOT / "reports" / "gate", help="(reports/gate)"
         )
         if name == "update-baseline":
-            p.add_argument("--runs", type=int, default=5, help="fresh runs to take (5)")
-    return parser
+            p.add_argument("--runs", type=at_least(1), default=5, help="fresh runs to take (5)")
+    prove.add_arguments(
+        sub.add_parser("prove", help="show the gate fails on a regression and passes without")
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the parsed ``gate`` subcommand; its exit status."""
+    try:
+        if args.gate_command == "check":
+            return check(args)
+        if args.gate_command == "update-baseline":
+            return update_baseline(args)
+        return prove.main(args)
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 class RunFailed(RuntimeError):
@@ -147,8 +168,6 @@ def postgres_version(summary: dict[str, Any]) -> str:
     async def ask() -> str:
         import asyncpg
 
-        from loadtests.cli import loop_safe_url
-
         dsn = loop_safe_url(url).replace("postgresql+asyncpg://", "postgresql://")
         conn = await asyncpg.connect(dsn)
         try:
@@ -182,14 +201,12 @@ def update_baseline(args: argparse.Namespace) -> int:
             "spread": round(max(abs(r / median - 1) for r in ratios), 3),
         }
     baseline = {
-        "_comment": old.get("_comment", "Written by `python -m loadtests.gate update-baseline`."),
+        "_comment": old.get("_comment", "Written by `python -m loadtests gate update-baseline`."),
         "threshold": old.get("threshold", 0.5),
         "spread_multiplier": old.get("spread_multiplier", 1.5),
         "slack_ms": old.get("slack_ms", 2.0),
         "reasoning": old.get("reasoning", ""),
-        "targets_p95_ms": old.get(
-            "targets_p95_ms", {"history_read": 100.0, "message_insert": 50.0}
-        ),
+        "targets_p95_ms": old.get("targets_p95_ms", {GET_HISTORY: 100.0, ADD_MESSAGE: 50.0}),
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
@@ -214,16 +231,3 @@ def update_baseline(args: argparse.Namespace) -> int:
 def _median_p95(tables: Sequence[dict[tuple[str, str], Driven]], driver: str, name: str) -> float:
     values = [t[(driver, name)].p95_ms for t in tables if (driver, name) in t]
     return round(statistics.median(v for v in values if v is not None), 2)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return check(args) if args.command == "check" else update_baseline(args)
-    except RunFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Injected regression for the gate's proof: ChatStore's history read slower on the server.
 
-Not part of the library or the harness. ``python -m loadtests.gate_prove`` copies
+Not part of the library or the harness. ``python -m loadtests gate prove`` copies
 this file as ``sitecustomize.py`` into a temporary directory on the load run's
 PYTHONPATH, so every Python process of that run (the harness, Locust) imports
 it at start-up and patches ``ChatStore``: its history statement is wrapped so
