@@ -16,6 +16,12 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 DUR = "chat_storage_operation_duration_seconds"
 # Operations with a latency objective and their bucket edge (seconds).
 TARGETS = {"add_message": "0.05", "get_history": "0.1"}
+# The server setting the top-statements panels depend on, said where they are read.
+NEEDS_STATEMENTS = (
+    "Needs the server setting shared_preload_libraries = 'pg_stat_statements' (a restart) "
+    "and CREATE EXTENSION pg_stat_statements in this database; without them this panel "
+    "is empty (monitoring/README.md#pg_stat_statements: Neon and self-managed servers)."
+)
 
 
 def target(
@@ -459,7 +465,7 @@ def postgres() -> dict[str, Any]:
         panel(
             "Top statements by total time",
             "The 20 statements of this database with the most execution time per second "
-            "(pg_stat_statements; look the text up by queryid).",
+            f"(pg_stat_statements; look the text up by queryid). {NEEDS_STATEMENTS}",
             "s",
             [
                 (
@@ -472,7 +478,7 @@ def postgres() -> dict[str, Any]:
         panel(
             "Top statements by mean time",
             "The 20 statements with the highest mean execution time (pg_stat_statements, "
-            "since the last reset).",
+            f"since the last reset). {NEEDS_STATEMENTS}",
             "s",
             [
                 (

@@ -432,3 +432,93 @@ async def test_exporter_queries_run_against_postgres(database_url: str) -> None:
                 await tx.rollback()
     finally:
         await conn.close()
+
+
+# -- rate windows against scrape and cache periods ---------------------------------------
+
+DATASOURCES = ROOT / "dashboards" / "provisioning" / "datasources"
+RANGE_SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\s*(?:\{[^}]*\})?\s*\[([^\]:]+)\]")
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration ("15s", "1h30m") in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * DURATION_UNITS[u] for n, u in parts)
+
+
+def grafana_min_rate_interval() -> float:
+    """The least $__rate_interval can be: four times the datasource's scrape interval."""
+    (source,) = (
+        d
+        for path in DATASOURCES.glob("*.y*ml")
+        for d in yaml.safe_load(path.read_text())["datasources"]
+        if d["type"] == "prometheus"
+    )
+    return 4 * seconds(source["jsonData"]["timeInterval"])
+
+
+def slowest_period(metric: str) -> float:
+    """The longest time a sample of ``metric`` can stay unchanged for lack of a refresh:
+    its job's scrape interval, the exporter query's cache period, or the rule interval."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    default = seconds(config["global"]["scrape_interval"])
+    scrape = {
+        c["job_name"]: seconds(c.get("scrape_interval", config["global"]["scrape_interval"]))
+        for c in config["scrape_configs"]
+    }
+    if ":" in metric:  # a recording rule
+        return seconds(config["global"].get("evaluation_interval", "1m"))
+    if metric.startswith("pg_"):
+        cache = 0.0
+        for namespace, spec in yaml.safe_load(QUERIES_FILE.read_text()).items():
+            if metric.startswith(namespace + "_"):
+                cache = max(cache, float(spec.get("cache_seconds", 0)))
+        return max(scrape["postgres"], cache)
+    if metric.startswith("chat_storage_"):
+        return max(scrape["chat-app"], scrape["chat-loadtest"])
+    return default
+
+
+def test_every_rate_window_is_at_least_twice_the_scrape_and_cache_period() -> None:
+    """No panel or rule takes a rate over a window shorter than two refreshes of its metric."""
+    grafana = grafana_min_rate_interval()
+    too_short, checked = [], 0
+    for source, title, expr in dashboard_exprs() + rule_exprs():
+        for metric, window in RANGE_SELECTOR.findall(expr):
+            length = grafana if window.startswith("$") else seconds(window)
+            period = slowest_period(metric)
+            checked += 1
+            if length < 2 * period:
+                too_short.append(
+                    f"{source}: {title}: {metric}[{window}] = {length:g}s < 2 x {period:g}s"
+                )
+    assert checked
+    assert not too_short, "\n".join(too_short)
+
+
+def test_exporter_queries_are_not_cached() -> None:
+    """No exporter query sets cache_seconds: each is cheap enough for every scrape."""
+    spec = yaml.safe_load(QUERIES_FILE.read_text())
+    assert {ns: q["cache_seconds"] for ns, q in spec.items() if q.get("cache_seconds")} == {}
+
+
+def test_panels_that_need_pg_stat_statements_say_so() -> None:
+    """A panel reading pg_stat_statements names the setting and the README section."""
+    readme = (MONITORING / "README.md").read_text()
+    assert re.search(r"^## pg_stat_statements$", readme, flags=re.M)
+    for section in ("Neon", "Self-managed", "shared_preload_libraries", "CREATE EXTENSION"):
+        assert section in readme.split("## pg_stat_statements", 1)[1], section
+    panels = [
+        (name, panel)
+        for name, dash in load_dashboards()
+        for panel in iter_panels(dash["panels"])
+        if any("pg_chat_statements" in t["expr"] for t in panel["targets"])
+    ]
+    assert panels
+    for name, panel in panels:
+        description = panel["description"]
+        assert "shared_preload_libraries" in description, f"{name}: {panel['title']}"
+        assert "CREATE EXTENSION pg_stat_statements" in description, f"{name}: {panel['title']}"
+        assert "monitoring/README.md#pg_stat_statements" in description, f"{name}: {panel['title']}"
