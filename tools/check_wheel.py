@@ -12,7 +12,10 @@ whose devdb provides the PostgreSQL server. Steps, each printed:
    ``python -m chat_storage migrate`` and the ``chat-storage`` script, against a
    scratch database holding a stand-in ``users`` table; a host's own alembic.ini
    pointing at ``chat_storage:_migrations``;
-5. every ChatStore operation once, one line each.
+5. every ChatStore operation once, one line each;
+6. the README's Quickstart as written (its shell block, then its Python block) in
+   that venv against an empty database; only the ``export DATABASE_URL=`` line is
+   replaced by the scratch database's URL.
 
 Exits non-zero at the first failed step.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +110,17 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None, echo: b
     if failed:
         sys.exit(f"wheel check FAILED: exit {result.returncode}: {' '.join(map(str, args))}")
     return result.stdout
+
+
+def quickstart_blocks() -> tuple[str, str]:
+    """The README Quickstart's shell block and Python block, as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    shell = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    python = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    if shell is None or python is None:
+        sys.exit("wheel check FAILED: the README's Quickstart lost its sh or python block")
+    return shell.group(1), python.group(1)
 
 
 def copy_tree(dest: Path) -> None:
@@ -234,6 +249,18 @@ def main() -> None:
             script = work / "use_the_store.py"
             script.write_text(USE_THE_STORE)
             run(bin_ / "python", script, url, user, cwd=work, env=env)
+
+        with provide_server() as server, scratch_database(server.url, prefix="chat_qs") as url:
+            step("the README's Quickstart, as written, on an empty database")
+            shell, python_code = quickstart_blocks()
+            # The one line a reader edits: where their database is.
+            shell = re.sub(r"(?m)^export DATABASE_URL=.*$", "", shell)
+            qs_env = {**env, "DATABASE_URL": url, "PATH": f"{bin_}:{env.get('PATH', '')}"}
+            run("bash", "-euo", "pipefail", "-c", shell, cwd=work, env=qs_env)
+            (work / "quickstart.py").write_text(python_code)
+            said = run(bin_ / "python", "quickstart.py", cwd=work, env=qs_env)
+            if said.splitlines() != ["user Hello!", "assistant Hi! How can I help?"]:
+                sys.exit(f"wheel check FAILED: the Quickstart printed {said!r}")
     step("PASSED")
 
 
