@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from .histogram import ShardedHistogram
+from .pool import max_overflow
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -202,7 +203,7 @@ class StoreMetrics:
         self._observed: weakref.WeakSet[Engine] = weakref.WeakSet()
         if self.single_process:
             self.pool_size.set_function(lambda: self._pool_total(QueuePool.size))
-            self.pool_max_overflow.set_function(lambda: self._pool_total(_max_overflow))
+            self.pool_max_overflow.set_function(lambda: self._pool_total(max_overflow))
             for state, read in (
                 ("checked_out", QueuePool.checkedout),
                 ("idle", QueuePool.checkedin),
@@ -282,10 +283,6 @@ class HotSeries:
         return observer
 
 
-def _max_overflow(pool: QueuePool) -> int:
-    return max(0, pool._max_overflow)
-
-
 def _overflowing(pool: QueuePool) -> int:
     return max(0, pool.overflow())
 
@@ -347,11 +344,10 @@ def observe_pool(engine: AsyncEngine, metrics: StoreMetrics) -> None:
 
     pool = sync_engine.pool
     size = getattr(pool, "size", None)
-    overflow = getattr(pool, "_max_overflow", None)
     if callable(size):
         metrics.pool_size.set(size())
-    if isinstance(overflow, int):
-        metrics.pool_max_overflow.set(overflow)
+    if isinstance(pool, QueuePool):
+        metrics.pool_max_overflow.set(max_overflow(pool))
     event.listen(sync_engine, "checkin", after_checkin)
     for name in ("connect", "checkout", "close", "invalidate", "soft_invalidate"):
         event.listen(sync_engine, name, refresh)

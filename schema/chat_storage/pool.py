@@ -29,6 +29,19 @@ connections or more, without a break, for that many seconds (nobody needed the
 surplus; as HikariCP's idle timeout): the same load then made no connects, p50
 0.5 ms. The limit stays ``pool_size + max_overflow``, and a steady load ends
 with the connections QueuePool would keep.
+
+Private names used (SQLAlchemy 2.0's pool; only this module touches them, and
+tests/unit/test_private_internals.py checks each on the installed version):
+
+* ``QueuePool._queue_class``, ``QueuePool._pool``: the queue class QueuePool
+  builds and its instance (replaced by :class:`FairQueue`);
+* ``QueuePool._max_overflow``, ``._overflow``, ``._timeout``: the pool's limits
+  and count (:meth:`FairAsyncQueuePool.must_wait`, :func:`max_overflow`);
+* ``Pool._recycle``, ``._invalidate_time``, ``._pre_ping``,
+  ``._should_log_debug()``, ``._return_conn()``: what a checkout or checkin
+  would check or do (:meth:`FairAsyncQueuePool.lend`, ``return_record``);
+* ``_ConnectionRecord._soft_invalidate_time`` (and the public ``starttime``,
+  ``dbapi_connection``, ``driver_connection``): whether a record is ready.
 """
 
 from __future__ import annotations
@@ -40,13 +53,23 @@ from collections import deque
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 from sqlalchemy.util import await_only
 from sqlalchemy.util.queue import Empty, Full
 
-__all__ = ["FairAsyncQueuePool", "FairQueue"]
+__all__ = ["FairAsyncQueuePool", "FairQueue", "capacity", "max_overflow"]
 
 T = TypeVar("T")
+
+
+def max_overflow(pool: QueuePool) -> int:
+    """``pool``'s max_overflow (0 for a negative one, which means unlimited)."""
+    return max(0, pool._max_overflow)
+
+
+def capacity(pool: Pool) -> int:
+    """How many connections ``pool`` may hold at once (1 for a pool without a limit)."""
+    return pool.size() + max_overflow(pool) if isinstance(pool, QueuePool) else 1
 
 
 class FairQueue(Generic[T]):

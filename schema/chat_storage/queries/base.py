@@ -1,21 +1,30 @@
-"""What every chat operation is made of: a compiled statement, its parameters,
-and a function that turns the returned rows into the public result.
+"""The plan layer: what every chat operation is made of, public for your own connection.
 
-An operation is planned (arguments validated, parameters built) before anything
-is sent, then run by one of two executors:
+An operation is a :class:`Plan`: a compiled :class:`Statement`, its validated
+parameters and the function that turns the returned rows into the public
+result. Each ``plan_<operation>`` function (``chat_storage.queries.messages``,
+``.conversations``) validates its arguments, raises ``InvalidInput`` before
+anything is sent, and is the one place the operation is declared: its
+arguments, its checks and its ``Raises:``. Three runners share it:
 
-* :func:`execute` runs it through SQLAlchemy on a caller's AsyncConnection or
-  AsyncSession, inside whatever transaction the caller holds;
-* ``ChatStore`` runs the same SQL prepared on the pooled asyncpg connection, with
-  no BEGIN/COMMIT around it (see store.py for why).
+* ``ChatStore.<operation>`` runs the plan on a pooled asyncpg connection, one
+  round trip with no BEGIN/COMMIT (chat_storage/_execution.py);
+* the query function ``chat_storage.queries.<operation>`` runs it through
+  SQLAlchemy on a caller's AsyncConnection or AsyncSession (:func:`execute`,
+  inside whatever transaction the caller holds; made by :func:`query_function`);
+* your own connection (bring your own connection: raw asyncpg, as the load
+  tests' reference does): send ``plan.statement.compile()[0]`` with
+  ``*plan.args()`` and pass the rows to ``plan.finish``, or hand
+  :meth:`Plan.run` a function that does the sending.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -23,9 +32,28 @@ from sqlalchemy.sql.expression import Executable
 
 from ..errors import translate_errors
 
+__all__ = [
+    "Conn",
+    "Fetch",
+    "Plan",
+    "Row",
+    "Statement",
+    "execute",
+    "operation_name",
+    "plans",
+    "query_function",
+]
+
+P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 #: A fetched row: an asyncpg Record or a SQLAlchemy Row; read by position only.
 Row = Sequence[Any]
+#: What the query functions run on: the caller's connection or session.
+Conn = AsyncConnection | AsyncSession
+#: Sends a plan's statement (one round trip) and returns its rows.
+Fetch = Callable[["Plan[Any]"], Awaitable[list[Row]]]
 
 
 @functools.cache
@@ -92,12 +120,21 @@ class Plan(Generic[R]):
         params = self.params
         return [params[n] for n in names]
 
+    async def run(self, fetch: Fetch) -> R:
+        """Send the statement with ``fetch`` and finish its rows.
 
-async def execute(conn: AsyncConnection | AsyncSession, plan: Plan[R]) -> R:
+        Raises:
+            ChatStoreError: what ``finish`` raises for the rows (not found, ...).
+            Exception: whatever ``fetch`` raises, unchanged.
+        """
+        return self.finish(await fetch(self))
+
+
+async def execute(conn: Conn, plan: Plan[R]) -> R:
     """Run ``plan`` through SQLAlchemy on the caller's connection or session.
 
     Raises:
-        ChatStoreError: the database's error, translated.
+        ChatStoreError: the database's error, translated; or the plan's own.
     """
     if isinstance(conn, AsyncSession):
         # The session's own connection: the same transaction, without the ORM's
@@ -107,7 +144,77 @@ async def execute(conn: AsyncConnection | AsyncSession, plan: Plan[R]) -> R:
         if conn.autoflush:
             await conn.flush()
         conn = await conn.connection()
-    with translate_errors():
-        result = await conn.execute(plan.statement.clause, plan.params)
-        rows: list[Row] = list(result.all())
-    return plan.finish(rows)
+    connection = conn
+
+    async def fetch(plan: Plan[Any]) -> list[Row]:
+        with translate_errors():
+            result = await connection.execute(plan.statement.clause, plan.params)
+            return list(result.all())
+
+    return await plan.run(fetch)
+
+
+# Plan function -> the statement it plans (see plans()).
+_PLANNED: dict[Callable[..., Any], Callable[[], Statement]] = {}
+
+
+def plans(statement: Callable[[], Statement]) -> Callable[[F], F]:
+    """Mark a plan function with the statement it plans; the function is not wrapped.
+
+    Read only when a call is rejected (:func:`operation_name`), so that a
+    rejection is counted under the same operation name as the statement's runs.
+    """
+
+    def mark(planner: F) -> F:
+        _PLANNED[planner] = statement
+        return planner
+
+    return mark
+
+
+def operation_name(planner: Callable[..., Plan[Any]]) -> str:
+    """The name of the statement ``planner`` plans (its operation, for metrics).
+
+    Raises:
+        KeyError: ``planner`` is not marked with :func:`plans`.
+    """
+    return _PLANNED[planner]().name
+
+
+@overload
+def query_function(
+    planner: Callable[P, Plan[R]],
+) -> Callable[Concatenate[Conn, P], Coroutine[Any, Any, R]]: ...
+@overload
+def query_function(
+    planner: Callable[P, Plan[T]], result: Callable[[T], R]
+) -> Callable[Concatenate[Conn, P], Coroutine[Any, Any, R]]: ...
+def query_function(
+    planner: Callable[P, Plan[Any]], result: Callable[[Any], Any] | None = None
+) -> Callable[Concatenate[Conn, P], Coroutine[Any, Any, Any]]:
+    """The query function of ``planner``: plan, then :func:`execute` on the caller's
+    connection, and (``result``) pick the public result out of the plan's.
+
+    It takes the connection first and the plan function's keyword arguments
+    after it, and carries the plan function's docstring, so an operation's
+    arguments, checks and ``Raises:`` are written once.
+    """
+
+    async def run(conn: Conn, *args: P.args, **kwargs: P.kwargs) -> Any:
+        done = await execute(conn, planner(*args, **kwargs))
+        return done if result is None else result(done)
+
+    name = planner.__name__.removeprefix("plan_")
+    run.__name__ = name
+    run.__qualname__ = name
+    run.__module__ = planner.__module__
+    run.__doc__ = planner.__doc__
+    signature = inspect.signature(planner)
+    conn = inspect.Parameter("conn", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Conn")
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[conn, *signature.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
+    # Typed with the connection positional-only (Concatenate's rule), while at
+    # run time ``conn=`` is accepted too, as the hand-written functions did.
+    return run  # type: ignore[return-value]

@@ -3,6 +3,11 @@
 Every statement filters by the owner (``user_id``), so another user's
 conversation behaves exactly like a missing one: same statement, same plan,
 zero rows, ConversationNotFound.
+
+Each operation is declared once, as its ``plan_<operation>`` function (arguments,
+checks, docstring with ``Raises:``); the query function of the same name is
+derived from it (:func:`~chat_storage.queries.base.query_function`), and
+``ChatStore`` runs the same plan.
 """
 
 from __future__ import annotations
@@ -28,27 +33,29 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ..cursor import Page, decode_list_cursor, encode_list_cursor
 from ..errors import ConversationNotFound, InvalidInput
 from ..models import Conversation, ConversationStatus
 from ..validation import MAX_LIST_PAGE, check_limit, check_user_id, check_uuid
-from .base import Plan, Row, Statement, execute
+from .base import Conn, Plan, Row, Statement, plans, query_function
 from .rows import CONVERSATION_COLUMNS, conversation_from_row
 
 __all__ = [
+    "Conn",
     "archive_conversation",
     "archive_inactive_batch",
     "create_conversation",
     "delete_conversation",
     "get_conversation",
     "list_conversations",
+    "plan_archive_conversation",
     "plan_archive_inactive_batch",
     "plan_create_conversation",
     "plan_delete_conversation",
     "plan_get_conversation",
     "plan_list_conversations",
+    "plan_restore_conversation",
     "plan_set_status",
     "restore_conversation",
 ]
@@ -145,14 +152,26 @@ def _one_conversation(rows: list[Row]) -> Conversation:
     return conversation_from_row(rows[0])
 
 
+@plans(_create)
 def plan_create_conversation(*, user_id: str) -> Plan[Conversation]:
-    """Plan: insert a new active conversation for ``user_id``."""
+    """Create an active conversation for ``user_id``.
+
+    Raises:
+        InvalidIdentifier: malformed user id.
+        UserNotFound: ``user_id`` is not in the users table.
+    """
     params = {"p_user_id": check_user_id(user_id)}
     return Plan(_create(), params, lambda rows: conversation_from_row(rows[0]))
 
 
+@plans(_get)
 def plan_get_conversation(*, user_id: str, conversation_id: uuid.UUID | str) -> Plan[Conversation]:
-    """Plan: fetch one conversation of ``user_id``."""
+    """One of ``user_id``'s conversations.
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        ConversationNotFound: missing, or another user's.
+    """
     params = {
         "p_user_id": check_user_id(user_id),
         "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
@@ -160,6 +179,7 @@ def plan_get_conversation(*, user_id: str, conversation_id: uuid.UUID | str) -> 
     return Plan(_get(), params, _one_conversation)
 
 
+@plans(lambda: _list(False))
 def plan_list_conversations(
     *,
     user_id: str,
@@ -167,7 +187,15 @@ def plan_list_conversations(
     limit: int = 50,
     cursor: str | None = None,
 ) -> Plan[Page[Conversation]]:
-    """Plan: one page of ``user_id``'s conversations, most recently updated first."""
+    """A page of ``user_id``'s conversations, most recently updated first.
+
+    Pass a page's ``next_cursor`` as ``cursor`` for the page after it.
+
+    Raises:
+        InvalidInput: ``status`` is not 'active' or 'archived'.
+        InvalidLimit: ``limit`` outside 1..MAX_LIST_PAGE (200).
+        InvalidCursor: a cursor this listing did not produce.
+    """
     try:
         status_value = ConversationStatus(status).value
     except ValueError:
@@ -195,7 +223,13 @@ def plan_list_conversations(
 def plan_set_status(
     *, user_id: str, conversation_id: uuid.UUID | str, status: ConversationStatus
 ) -> Plan[Conversation]:
-    """Plan: set a conversation's status (archive or restore); idempotent."""
+    """Set a conversation's status: :func:`plan_archive_conversation` or
+    :func:`plan_restore_conversation` with the status as an argument.
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        ConversationNotFound: missing, or another user's.
+    """
     params = {
         "p_user_id": check_user_id(user_id),
         "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
@@ -203,8 +237,44 @@ def plan_set_status(
     return Plan(_set_status(status), params, _one_conversation)
 
 
+@plans(lambda: _set_status(ConversationStatus.ARCHIVED))
+def plan_archive_conversation(
+    *, user_id: str, conversation_id: uuid.UUID | str
+) -> Plan[Conversation]:
+    """Archive a conversation: still readable, no longer appendable. Idempotent.
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        ConversationNotFound: missing, or another user's.
+    """
+    return plan_set_status(
+        user_id=user_id, conversation_id=conversation_id, status=ConversationStatus.ARCHIVED
+    )
+
+
+@plans(lambda: _set_status(ConversationStatus.ACTIVE))
+def plan_restore_conversation(
+    *, user_id: str, conversation_id: uuid.UUID | str
+) -> Plan[Conversation]:
+    """Make an archived conversation active again. Idempotent.
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        ConversationNotFound: missing, or another user's.
+    """
+    return plan_set_status(
+        user_id=user_id, conversation_id=conversation_id, status=ConversationStatus.ACTIVE
+    )
+
+
+@plans(_delete)
 def plan_delete_conversation(*, user_id: str, conversation_id: uuid.UUID | str) -> Plan[None]:
-    """Plan: delete a conversation; its messages go with it (ON DELETE CASCADE)."""
+    """Delete a conversation and all its messages (ON DELETE CASCADE).
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        ConversationNotFound: missing, or another user's.
+    """
     params = {
         "p_user_id": check_user_id(user_id),
         "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
@@ -217,102 +287,24 @@ def plan_delete_conversation(*, user_id: str, conversation_id: uuid.UUID | str) 
     return Plan(_delete(), params, finish)
 
 
-def plan_archive_inactive_batch(*, idle_for: timedelta, batch_size: int) -> Plan[int]:
-    """Plan: archive up to ``batch_size`` conversations idle for longer than ``idle_for``."""
+@plans(_archive_inactive)
+def plan_archive_inactive_batch(*, idle_for: timedelta, batch_size: int = 1000) -> Plan[int]:
+    """Archive one batch of up to ``batch_size`` conversations idle longer than
+    ``idle_for``; the result is how many.
+
+    Raises:
+        InvalidInput: negative ``idle_for`` or a batch size outside 1..100000.
+    """
     if not isinstance(idle_for, timedelta) or idle_for < timedelta(0):
         raise InvalidInput("idle_for must be a non-negative timedelta")
     params = {"p_idle_for": idle_for, "p_batch_size": check_limit(batch_size, 100_000)}
     return Plan(_archive_inactive(), params, lambda rows: int(rows[0][0]))
 
 
-Conn = AsyncConnection | AsyncSession
-
-
-async def create_conversation(conn: Conn, *, user_id: str) -> Conversation:
-    """Create an active conversation for ``user_id``.
-
-    Raises:
-        InvalidIdentifier: malformed user id.
-        UserNotFound: ``user_id`` is not in the users table.
-    """
-    return await execute(conn, plan_create_conversation(user_id=user_id))
-
-
-async def get_conversation(
-    conn: Conn, *, user_id: str, conversation_id: uuid.UUID | str
-) -> Conversation:
-    """Fetch one of ``user_id``'s conversations.
-
-    Raises:
-        ConversationNotFound: missing, or another user's.
-    """
-    return await execute(
-        conn, plan_get_conversation(user_id=user_id, conversation_id=conversation_id)
-    )
-
-
-async def list_conversations(
-    conn: Conn,
-    *,
-    user_id: str,
-    status: ConversationStatus | str = ConversationStatus.ACTIVE,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page[Conversation]:
-    """One page of ``user_id``'s conversations, most recently updated first.
-
-    Raises:
-        InvalidLimit: ``limit`` outside 1..MAX_LIST_PAGE.
-        InvalidCursor: a cursor this listing did not produce.
-    """
-    plan = plan_list_conversations(user_id=user_id, status=status, limit=limit, cursor=cursor)
-    return await execute(conn, plan)
-
-
-async def archive_conversation(
-    conn: Conn, *, user_id: str, conversation_id: uuid.UUID | str
-) -> Conversation:
-    """Archive a conversation (readable, no longer appendable).
-
-    Raises:
-        ConversationNotFound: missing, or another user's.
-    """
-    plan = plan_set_status(
-        user_id=user_id, conversation_id=conversation_id, status=ConversationStatus.ARCHIVED
-    )
-    return await execute(conn, plan)
-
-
-async def restore_conversation(
-    conn: Conn, *, user_id: str, conversation_id: uuid.UUID | str
-) -> Conversation:
-    """Make an archived conversation active again.
-
-    Raises:
-        ConversationNotFound: missing, or another user's.
-    """
-    plan = plan_set_status(
-        user_id=user_id, conversation_id=conversation_id, status=ConversationStatus.ACTIVE
-    )
-    return await execute(conn, plan)
-
-
-async def delete_conversation(
-    conn: Conn, *, user_id: str, conversation_id: uuid.UUID | str
-) -> None:
-    """Delete a conversation and its messages.
-
-    Raises:
-        ConversationNotFound: missing, or another user's.
-    """
-    await execute(conn, plan_delete_conversation(user_id=user_id, conversation_id=conversation_id))
-
-
-async def archive_inactive_batch(conn: Conn, *, idle_for: timedelta, batch_size: int = 1000) -> int:
-    """Archive one batch of conversations idle longer than ``idle_for``; returns how many.
-
-    Raises:
-        InvalidInput: negative ``idle_for`` or a batch size outside 1..100000.
-    """
-    plan = plan_archive_inactive_batch(idle_for=idle_for, batch_size=batch_size)
-    return await execute(conn, plan)
+create_conversation = query_function(plan_create_conversation)
+get_conversation = query_function(plan_get_conversation)
+list_conversations = query_function(plan_list_conversations)
+archive_conversation = query_function(plan_archive_conversation)
+restore_conversation = query_function(plan_restore_conversation)
+delete_conversation = query_function(plan_delete_conversation)
+archive_inactive_batch = query_function(plan_archive_inactive_batch)

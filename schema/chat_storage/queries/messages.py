@@ -12,6 +12,13 @@ atomic without an explicit transaction:
 * ``inserted``: the message, numbered with the new ``last_seq``;
 * a final UNION that returns the inserted row, the replayed row, or (when
   neither) the conversation's status, which tells "archived" from "not found".
+
+When two calls with the same new ``message_id`` race, the loser's statement
+sees neither a free id nor a stored row; its plan runs once more (see
+``_AppendPlan``), and then replays the winner's message.
+
+Each operation is declared once, as its ``plan_<operation>`` function; the query
+function of the same name is derived from it and ``ChatStore`` runs the same plan.
 """
 
 from __future__ import annotations
@@ -51,8 +58,7 @@ from ..validation import (
     check_uuid,
     encode_metadata,
 )
-from .base import Plan, Row, Statement, execute
-from .conversations import Conn
+from .base import Fetch, Plan, Row, Statement, plans, query_function
 from .rows import MESSAGE_COLUMNS, message_from_row
 
 __all__ = ["add_message", "get_history", "plan_add_message", "plan_get_history"]
@@ -63,10 +69,33 @@ _user_id = bindparam("p_user_id", type_=String)
 _conversation_id = bindparam("p_conversation_id", type_=Uuid)
 _message_id = bindparam("p_message_id", type_=Uuid)
 _NO_CURSOR: Final = 2**63 - 1  # before any seq: the newest page
+_ID_TAKEN: Final = "message_id is already used by another user"
 
 
-class RetryAppend(Exception):
-    """Internal: a concurrent retry inserted the same message_id first; run again."""
+class _RetryAppend(Exception):
+    """A concurrent call inserted the same message_id first; run the plan again."""
+
+
+class _AppendPlan(Plan[tuple[Message, bool]]):
+    """The append's plan: run once more after losing a race for its message_id."""
+
+    __slots__ = ()
+
+    async def run(self, fetch: Fetch) -> tuple[Message, bool]:
+        """Send the append with ``fetch`` and finish its row; once more after a race.
+
+        Raises:
+            IdempotencyConflict: the race was lost twice (the id is another user's).
+        """
+        try:
+            return self.finish(await fetch(self))
+        except _RetryAppend:
+            pass
+        # Once: now the other call's row is visible (READ COMMITTED) and replays.
+        try:
+            return self.finish(await fetch(self))
+        except _RetryAppend:
+            raise IdempotencyConflict(_ID_TAKEN) from None
 
 
 @functools.cache
@@ -147,6 +176,7 @@ def _history() -> Statement:
     return Statement("get_history", "messages", stmt)
 
 
+@plans(_add)
 def plan_add_message(
     *,
     user_id: str,
@@ -156,7 +186,20 @@ def plan_add_message(
     metadata: dict[str, Any] | None = None,
     message_id: uuid.UUID | str | None = None,
 ) -> Plan[tuple[Message, bool]]:
-    """Plan: append a message and bump its conversation; the bool says "replayed"."""
+    """Append a message and bump the conversation's ``updated_at``, atomically.
+
+    Pass ``message_id`` (a UUID you generate) to make retries safe: a retry
+    after a timeout returns the stored message and never writes a duplicate.
+    Inside a caller's transaction, the conversation row stays locked until that
+    transaction ends (appends to it queue behind it). The plan's result is the
+    message and whether it was replayed; the operations return the message.
+
+    Raises:
+        InvalidInput: a rejected argument (see validation.py); nothing was sent.
+        ConversationNotFound: missing, or another user's.
+        ConversationArchived: the conversation is archived.
+        IdempotencyConflict: ``message_id`` is taken by another conversation or user.
+    """
     checked_role = check_role(role)
     conversation = check_uuid(conversation_id, "conversation_id")
     params = {
@@ -179,20 +222,21 @@ def plan_add_message(
         outcome = row[0]
         if outcome == "refused":
             if row[1] == "taken":
-                raise IdempotencyConflict("message_id is already used by another user")
+                raise IdempotencyConflict(_ID_TAKEN)
             if row[1] == "archived":
                 raise ConversationArchived("conversation is archived; restore it to append")
             # Active and the id was free when the statement began, yet nothing was
             # inserted: a concurrent call with the same message_id inserted first.
-            raise RetryAppend
+            raise _RetryAppend
         message = message_from_row(row, 2)
         if outcome == "replayed" and message.conversation_id != conversation:
             raise IdempotencyConflict("message_id was already used in another conversation")
         return message, outcome == "replayed"
 
-    return Plan(_add(), params, finish)
+    return _AppendPlan(_add(), params, finish)
 
 
+@plans(_history)
 def plan_get_history(
     *,
     user_id: str,
@@ -200,7 +244,17 @@ def plan_get_history(
     limit: int = 20,
     cursor: str | None = None,
 ) -> Plan[Page[Message]]:
-    """Plan: the latest ``limit`` messages older than the cursor, oldest first."""
+    """The latest ``limit`` messages older than ``cursor``, returned oldest first.
+
+    Pass a page's ``next_cursor`` as ``cursor`` for the messages before it
+    (the same argument name as ``list_conversations``).
+
+    Raises:
+        InvalidIdentifier: malformed user id or conversation id.
+        InvalidLimit: ``limit`` outside 1..MAX_HISTORY_PAGE (200).
+        InvalidCursor: a cursor history did not produce.
+        ConversationNotFound: missing, or another user's.
+    """
     limit = check_limit(limit, MAX_HISTORY_PAGE)
     params = {
         "p_user_id": check_user_id(user_id),
@@ -226,64 +280,9 @@ def plan_get_history(
     return Plan(_history(), params, finish)
 
 
-async def add_message(
-    conn: Conn,
-    *,
-    user_id: str,
-    conversation_id: uuid.UUID | str,
-    role: MessageRole | str,
-    content: str,
-    metadata: dict[str, Any] | None = None,
-    message_id: uuid.UUID | str | None = None,
-) -> Message:
-    """Append a message to one of ``user_id``'s active conversations.
-
-    Retrying with the same ``message_id`` returns the stored message and writes
-    nothing. Inside a caller's transaction, the conversation row stays locked
-    until that transaction ends (appends to it queue behind it).
-
-    Raises:
-        InvalidInput: a rejected argument (see validation.py); nothing was sent.
-        ConversationNotFound: missing, or another user's.
-        ConversationArchived: the conversation is archived.
-        IdempotencyConflict: ``message_id`` is taken by another conversation or user.
-    """
-    plan = plan_add_message(
-        user_id=user_id,
-        conversation_id=conversation_id,
-        role=role,
-        content=content,
-        metadata=metadata,
-        message_id=message_id,
-    )
-    try:
-        return (await execute(conn, plan))[0]
-    except RetryAppend:
-        # Once: now the other call's row is visible (READ COMMITTED) and replays.
-        try:
-            return (await execute(conn, plan))[0]
-        except RetryAppend:
-            raise IdempotencyConflict("message_id is already used by another user") from None
+def _message(result: tuple[Message, bool]) -> Message:
+    return result[0]
 
 
-async def get_history(
-    conn: Conn,
-    *,
-    user_id: str,
-    conversation_id: uuid.UUID | str,
-    limit: int = 20,
-    cursor: str | None = None,
-) -> Page[Message]:
-    """The latest ``limit`` messages before ``cursor``, returned oldest first.
-
-    Pass a page's ``next_cursor`` as ``cursor`` for the messages before it.
-
-    Raises:
-        InvalidLimit: ``limit`` outside 1..MAX_HISTORY_PAGE.
-        InvalidCursor: a cursor history did not produce.
-        ConversationNotFound: missing, or another user's.
-    """
-    plan = plan_get_history(
-        user_id=user_id, conversation_id=conversation_id, limit=limit, cursor=cursor
-    )
-    return await execute(conn, plan)
+add_message = query_function(plan_add_message, _message)
+get_history = query_function(plan_get_history)
