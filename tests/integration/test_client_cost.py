@@ -14,11 +14,18 @@ warm-up call (statement compiled, prepared on the connection, pool warm):
   work on the hot path (a transaction, result processing, an extra greenlet,
   a per-call compile) adds tens to hundreds of calls.
 
-The committed budget is tests/gate/client_cost_budget.json. A count above
-``budget * (1 + tolerance)`` fails: the hot path got more expensive. A count
-below ``budget * (1 - tolerance)`` fails too, asking for the budget to be
-lowered, so the budget stays tight enough to catch the next regression.
-Regenerate with ``CHAT_STORAGE_WRITE_CLIENT_COST=1 pytest <this file>``.
+The committed budget is tests/gate/client_cost_budget.json. The call count is
+a one-sided, generous alarm: only a count above ``budget * (1 + tolerance)``
+(tolerance 0.5: 1.5x the recorded count) fails. A regression that matters
+(a transaction, an extra greenlet, result processing, a per-call compile)
+adds tens to hundreds of calls and still trips it; a few calls more or fewer
+are a refactor's shape, not its cost. Fewer calls always pass, so a change
+that makes the code shorter never fails the build. The cost itself is guarded
+where it is measured: zero compilations here (exact), round trips and
+statements per operation (test_round_trips.py, exact), and instructions per
+operation under cachegrind in CI (``python -m loadtests bench instrumentation
+--instructions``). Re-record after a deliberate change with
+``CHAT_STORAGE_WRITE_CLIENT_COST=1 pytest <this file>``.
 """
 
 from __future__ import annotations
@@ -158,7 +165,7 @@ async def cost_store(database_url: str) -> AsyncIterator[ChatStore]:
 def violations(
     measured: dict[str, dict[str, int]], budget: dict[str, dict[str, int]], tolerance: float
 ) -> list[str]:
-    """One line per operation whose cost left the budget's band."""
+    """One line per operation that compiles SQL or exceeds its call alarm."""
     problems = []
     for name, cost in measured.items():
         allowed = budget[name]
@@ -167,19 +174,35 @@ def violations(
                 f"{name}: {cost['compilations']} SQL compilations per call "
                 f"(budget {allowed['compilations']}): a statement is recompiled on every call"
             )
+        # One-sided on purpose (see the module docstring): fewer calls never fail.
         high = allowed["calls"] * (1 + tolerance)
-        low = allowed["calls"] * (1 - tolerance)
         if cost["calls"] > high:
             problems.append(
                 f"{name}: {cost['calls']} Python calls per call, budget {allowed['calls']} "
                 f"+{tolerance:.0%}: the hot path got more expensive"
             )
-        elif cost["calls"] < low:
-            problems.append(
-                f"{name}: {cost['calls']} Python calls per call, budget {allowed['calls']} "
-                f"-{tolerance:.0%}: cheaper, lower the budget (see this module's docstring)"
-            )
     return problems
+
+
+def test_fewer_calls_than_the_budget_pass() -> None:
+    """An operation made cheaper (a refactor that removed calls) never fails the alarm."""
+    tolerance, budget = load_budget()
+    cheaper = {
+        name: {"calls": cost["calls"] // 2, "compilations": 0} for name, cost in budget.items()
+    }
+    assert not violations(cheaper, budget, tolerance)
+
+
+def test_a_few_more_calls_pass_and_half_again_fails() -> None:
+    """Ten calls more than the budget pass; more than 1.5x the budget fails."""
+    tolerance, budget = load_budget()
+    recorded = budget["add_message"]["calls"]
+    allowed = {"add_message": budget["add_message"]}
+    assert not violations(
+        {"add_message": {"calls": recorded + 10, "compilations": 0}}, allowed, tolerance
+    )
+    slower = {"add_message": {"calls": int(recorded * 1.5) + 1, "compilations": 0}}
+    assert violations(slower, allowed, tolerance)
 
 
 async def test_client_cost_per_operation_within_budget(
