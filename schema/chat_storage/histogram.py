@@ -18,6 +18,12 @@ thread and label set that ever observed.
 Only for one process: in prometheus-client's multiprocess mode values must
 live in its shared files, so :class:`~chat_storage.metrics.StoreMetrics` uses the
 library's ``Histogram`` there.
+
+Private names used (only this module; checked by tests/unit/test_private_internals.py):
+
+* ``prometheus_client.metrics._use_created``: whether ``_created`` samples are
+  exposed (``disable_created_metrics()`` clears it), so this histogram follows
+  the same switch as the library's own metrics.
 """
 
 from __future__ import annotations

@@ -7,6 +7,17 @@ text carries ``$n`` placeholders only.
 Statement spans for everything that goes through SQLAlchemy (migrations, the
 plain query functions, a host application's own queries) come from
 ``opentelemetry-instrumentation-sqlalchemy``: :func:`instrument_statements`.
+
+Private names used (only this module touches them; tests/unit/test_private_internals.py
+checks each on the installed version):
+
+* ``opentelemetry.trace.propagation._SPAN_KEY``: the context key of the current span;
+* ``opentelemetry.context._RUNTIME_CONTEXT._current_context``: the ContextVar
+  holding the current Context (with the first, :func:`under_unsampled_span`
+  reads the current span without seven public calls; it falls back to them
+  when either is missing or ``SpanContext`` is not the tuple it checks for);
+* ``EngineTracer._register_event_listener`` (the ``tracing`` extra): the hook
+  :func:`instrument_statements` overrides to leave the pool listeners out.
 """
 
 from __future__ import annotations
