@@ -25,6 +25,7 @@ multiprocess mode (a prometheus-client limit).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -37,6 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from .errors import ChatStoreError, InvalidInput
 from .histogram import ShardedHistogram
 from .pool import max_overflow
 
@@ -193,6 +195,18 @@ class StoreMetrics:
             registry=registry,
         )
         self._durations: dict[tuple[str, str], Observer] = {}
+        # Every series whose labels are known in advance exists at zero from here on:
+        # rate() and increase() count an increment only against an earlier sample,
+        # so a series born at its first error would hide that error.
+        if isinstance(self.pool_wait, ShardedHistogram):
+            self.pool_wait.labels()
+        for operation in _operation_names():
+            for outcome in ("ok", "error"):
+                self.duration(operation, outcome)
+            for error in _error_classes():
+                self.errors.labels(operation, error.__name__)
+                if issubclass(error, InvalidInput):
+                    self.validation_rejects.labels(operation, error.__name__)
         # In one process the pool gauges are read from the pools when scraped:
         # exact, and nothing on the checkout path (event listeners setting three
         # gauges on every checkout and checkin were the largest part of the
@@ -281,6 +295,30 @@ class HotSeries:
         if observer is None:
             observer = self.ok_durations[operation] = self.metrics.duration(operation, "ok")
         return observer
+
+
+def _operation_names() -> list[str]:
+    """Every operation's name: the statements the query modules' plan functions plan."""
+    from . import queries  # here: the query modules import this package's models
+    from .queries.base import operation_name
+
+    names = set()
+    for name in queries.__all__:
+        if name.startswith("plan_"):
+            with contextlib.suppress(KeyError):  # a helper that plans no statement of its own
+                names.add(operation_name(getattr(queries, name)))
+    return sorted(names)
+
+
+def _error_classes() -> list[type[ChatStoreError]]:
+    """ChatStoreError's subclasses, the whole tree (errors.py draws it)."""
+    found: list[type[ChatStoreError]] = []
+    pending = list(ChatStoreError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(found, key=lambda cls: cls.__name__)
 
 
 def _overflowing(pool: QueuePool) -> int:
