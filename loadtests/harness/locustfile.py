@@ -65,6 +65,8 @@ _backends: dict[str, Backend] = {}
 _backends_lock = gevent.lock.Semaphore()
 _user_counter = 0
 _samples: list[tuple[float, str, str, float, int]] = []
+#: The seeded user ids this process's Locust users own (reported to the master).
+_user_ids: set[str] = set()
 
 
 @events.init_command_line_parser.add_listener
@@ -94,14 +96,23 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument("--chat-samples-dir", default="", help="write every sample here")
     group.add_argument("--chat-metrics-port", type=int, default=0, help="Prometheus port; 0 off")
+    group.add_argument(
+        "--chat-database-url",
+        default="",
+        help="database for workers without LOADTEST_DATABASE_URL (the master's scratch one)",
+    )
 
 
 def _options(user: User) -> Any:
     return user.environment.parsed_options
 
 
-def _database_url() -> str:
-    url = os.environ.get("LOADTEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+def _database_url(options: Any) -> str:
+    url = (
+        os.environ.get("LOADTEST_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or options.chat_database_url
+    )
     if not url:
         raise RuntimeError("set LOADTEST_DATABASE_URL (or DATABASE_URL) for the locustfile")
     return url
@@ -112,7 +123,7 @@ def _backend(kind: str, options: Any) -> Backend:
     with _backends_lock:  # one greenlet opens it; the others wait for it
         backend = _backends.get(kind)
         if backend is None:
-            url = _database_url()
+            url = _database_url(options)
             if kind == STORE:
                 backend = StoreBackend(
                     url,
@@ -147,9 +158,11 @@ class _ChatUser(User):
         _user_counter += 1
         self.rng = random.Random(index)
         self._pacer: Pacer | None = None
+        user_id = seeded_user_id(options.chat_run_id, index % options.chat_seed_users)
+        _user_ids.add(user_id)
         self.client = ChatClient(
             _backend(self.request_type, options),
-            seeded_user_id(options.chat_run_id, index % options.chat_seed_users),
+            user_id,
             self.rng,
             weights=parse_weights(options.chat_weights),
             reply_delay=options.chat_reply_delay,
@@ -261,26 +274,59 @@ def _serve_metrics(environment: Any) -> None:
         print(f"metrics: cannot listen on 127.0.0.1:{port}: {exc}", flush=True)
 
 
-def _write_phase(environment: Any, key: str) -> None:
+def _write_phase(environment: Any, key: str, overwrite: bool = True) -> None:
     directory = environment.parsed_options.chat_samples_dir
     if not directory:
         return
     path = Path(directory) / "phases.json"
     phases = json.loads(path.read_text()) if path.exists() else {}
+    if key in phases and not overwrite:
+        return
     phases[key] = time.time()
     path.write_text(json.dumps(phases))
 
 
 def _flush_samples(environment: Any) -> None:
-    directory = environment.parsed_options.chat_samples_dir
-    if not directory or not _samples:
+    """Hand this process's new samples on: to a file in ``--chat-samples-dir``, or,
+    on a Locust worker, to the master (which may be on another machine) as a
+    ``chat_samples`` message, so the master's directory holds every request."""
+    if not _samples:
         return
     rows = _samples[:]
     del _samples[: len(rows)]
-    with open(Path(directory) / f"samples-{os.getpid()}.csv", "a") as out:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message("chat_samples", {"rows": rows, "users": sorted(_user_ids)})
+        return
+    directory = environment.parsed_options.chat_samples_dir
+    if directory:
+        _write_samples(Path(directory), "local", rows)
+
+
+def _write_samples(directory: Path, source: str, rows: Any) -> None:
+    with open(directory / f"samples-{source}.csv", "a") as out:
         out.writelines(
             f"{t:.6f},{kind},{name},{ms:.4f},{failed}\n" for t, kind, name, ms, failed in rows
         )
+
+
+def _on_worker_samples(environment: Any, msg: Any, **_: Any) -> None:
+    """Master: one worker's samples, written under its worker index; its seeded users."""
+    directory = environment.parsed_options.chat_samples_dir
+    if not directory:
+        return
+    index = environment.runner.get_worker_index(msg.node_id)
+    _write_samples(Path(directory), f"w{index}", msg.data["rows"])
+    path = Path(directory) / "workers.json"
+    workers = json.loads(path.read_text()) if path.exists() else {}
+    workers[str(index)] = msg.data["users"]
+    path.write_text(json.dumps(workers))
+
+
+def _on_flush_request(environment: Any, **_: Any) -> None:
+    """Worker: send what is left now, then say so (the master quits after every answer)."""
+    _flush_samples(environment)
+    environment.runner.send_message("chat_flushed", {"users": sorted(_user_ids)})
 
 
 _tracer_provider: Any = None
@@ -304,7 +350,13 @@ def _on_init(environment: Any, **_: Any) -> None:
         runner.register_message(
             "chat_reset_stats", lambda *_a, **_k: environment.runner.stats.reset_all()
         )
-    if options.chat_samples_dir and not isinstance(runner, MasterRunner):
+        runner.register_message("chat_flush", lambda *_a, **_k: _on_flush_request(environment))
+    if isinstance(runner, MasterRunner):
+        runner.register_message("chat_samples", _on_worker_samples)
+        runner.register_message("chat_flushed", _on_worker_flushed)
+    elif options.chat_samples_dir or isinstance(runner, WorkerRunner):
+        # A worker learns the master's options only when the test starts, so it
+        # records always and sends to the master; a lone process needs the directory.
 
         @environment.events.request.add_listener
         def _record(
@@ -320,6 +372,31 @@ def _on_init(environment: Any, **_: Any) -> None:
                 _flush_samples(environment)
 
         gevent.spawn(flusher)
+
+
+_flushed: set[str] = set()
+
+
+def _on_worker_flushed(environment: Any, msg: Any, **_: Any) -> None:
+    _flushed.add(msg.node_id)
+
+
+def _finish(environment: Any) -> None:
+    """End of the measured window: a master first collects every worker's last
+    samples (bounded wait), then quits."""
+    runner = environment.runner
+    _write_phase(environment, "stopped_at")
+    if isinstance(runner, MasterRunner):
+        expected = {client.id for client in runner.clients.values()}
+        runner.send_message("chat_flush")
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while not expected <= _flushed and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+    runner.quit()
+
+
+#: Seconds a master waits at the end for its workers' last samples.
+FLUSH_TIMEOUT = 10.0
 
 
 def _warm_backends(environment: Any) -> None:
@@ -350,7 +427,7 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         if duration > 0:
             # The measured window is the duration asked for: -t counts from
             # Locust's start, before the pools opened and the warm-up ran.
-            gevent.spawn_later(duration, runner.quit)
+            gevent.spawn_later(duration, _finish, environment)
 
     if warmup > 0:
         gevent.spawn_later(warmup, reset)
@@ -361,7 +438,9 @@ def _on_test_start(environment: Any, **_: Any) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Any, **_: Any) -> None:
     if not isinstance(environment.runner, WorkerRunner):
-        _write_phase(environment, "stopped_at")
+        # _finish wrote the end of the measured window before collecting the
+        # workers' last samples; a stop before it (or by hand) writes it here.
+        _write_phase(environment, "stopped_at", overwrite=False)
     if not isinstance(environment.runner, MasterRunner):
         _flush_samples(environment)
 

@@ -9,6 +9,7 @@ nearest-rank over all samples, not Locust's rounded buckets.
 from __future__ import annotations
 
 import csv
+import gzip
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from loadtests.core.stats import percentile
 from loadtests.core.workload import OPERATIONS, RAW, REQUIRED, STORE
 
 PASS, FAIL, NO_SAMPLES = "pass", "fail", "no samples"
+#: Every request of the measured window, kept in the report directory so that
+#: ``compare`` can resample them.
+SAMPLES_FILE = "samples.csv.gz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,7 @@ class Sample:
     name: str
     ms: float
     failed: bool
+    source: str = ""  # which process: "local", or "w<index>" for a Locust worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +167,66 @@ def read_samples(directory: Path, start: float, end: float | None) -> list[Sampl
     """Every sample in ``directory``'s samples-*.csv that ended within [start, end]."""
     samples = []
     for path in sorted(directory.glob("samples-*.csv")):
+        source = path.stem.removeprefix("samples-")
         with path.open(newline="") as f:
             for t, kind, name, ms, failed in csv.reader(f):
                 when = float(t)
                 if when < start or (end is not None and when > end):
                     continue
-                samples.append(Sample(when, kind, name, float(ms), failed == "1"))
+                samples.append(Sample(when, kind, name, float(ms), failed == "1", source))
     samples.sort(key=lambda s: s.t)
     return samples
+
+
+def write_samples(samples: Sequence[Sample], start: float, path: Path) -> None:
+    """The measured window's samples, gzipped CSV: seconds after the window's start,
+    driver, operation, ms, failed (0/1), source process."""
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("t_s", "driver", "operation", "ms", "failed", "source"))
+        for s in samples:
+            w.writerow(
+                (f"{s.t - start:.4f}", s.kind, s.name, f"{s.ms:.4f}", int(s.failed), s.source)
+            )
+
+
+def load_samples(path: Path) -> list[Sample]:
+    """The samples :func:`write_samples` wrote (times relative to the window's start)."""
+    with gzip.open(path, "rt", newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        return [
+            Sample(float(t), kind, name, float(ms), failed == "1", source)
+            for t, kind, name, ms, failed, source in reader
+        ]
+
+
+def terminal_summary(rows: Sequence[OperationStats], summary: Mapping[str, Any], out: Path) -> str:
+    """What a run prints at the end: the table, the context in a few lines, the verdict.
+
+    Fits one screen (under 25 lines for one driver).
+    """
+    env = summary.get("environment", {})
+    rtt = env.get("rtt_ms", {})
+    lines = [format_table(rows), ""]
+    lines.append(
+        f"{summary['users']} users, {summary['mode']}, {summary['throughput_ops_s']} ops/s "
+        f"over {summary['duration_s']}s; round trip p50 {rtt.get('p50', '-')} ms; "
+        f"commit {str(env.get('commit', '?'))[:12]}"
+    )
+    if summary.get("workers"):
+        parts = [f"w{k}: {v['requests']} req" for k, v in summary["workers"].items()]
+        lines.append(
+            f"workers: {', '.join(parts)}; seeded users shared: "
+            f"{summary.get('seeded_users_shared_by_workers', 0)}"
+        )
+    if summary.get("task_errors"):
+        lines.append(f"{summary['task_errors']} exception(s) inside Locust tasks: see locust.html")
+    unmeasured = [r.name for r in rows if r.status == NO_SAMPLES]
+    if unmeasured:
+        lines.append(f"no samples (not judged): {', '.join(unmeasured)}")
+    lines.append(f"verdict: {summary['verdict'].upper()}   (report: {out / 'report.html'})")
+    return "\n".join(lines)
 
 
 def series(
@@ -232,9 +289,7 @@ def chart(
                 target, color="black", linestyle="--", linewidth=1, label=f"target {target:g} ms"
             )
         ax.set_title(name, fontsize=10)
-        ax.set_ylabel("ms")
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
+        log_scale(ax)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel(f"seconds after warm-up ({interval:g} s intervals)")
     if title:
@@ -243,3 +298,16 @@ def chart(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def log_scale(ax: Any) -> None:
+    """A log latency axis with plain millisecond labels: a 2 ms p95 and a 100 ms
+    target are both readable on it (a linear axis squashes the one under the other)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_ylabel("ms (log)")
+    ax.grid(True, which="both", alpha=0.3)
