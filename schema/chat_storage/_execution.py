@@ -87,10 +87,12 @@ class Connections:
     __slots__ = ("_checkout_attempts", "_engine", "_send", "hot")
 
     def __init__(self, engine: AsyncEngine, *, pooler: bool, hot: HotSeries | None) -> None:
-        """Args:
-        engine: whose current pool lends the connections (engine.dispose() replaces it).
-        pooler: run each statement in an explicit transaction (PgBouncer-safe).
-        hot: the metrics' series for the calling thread; None records nothing.
+        """Lend from ``engine``'s current pool (engine.dispose() replaces it).
+
+        Args:
+            engine: the store's engine.
+            pooler: run each statement in an explicit transaction (PgBouncer-safe).
+            hot: the metrics' series for the calling thread; None records nothing.
         """
         self._engine = engine
         self._send: Send = _send_in_transaction if pooler else _send_plain
@@ -101,6 +103,9 @@ class Connections:
 
     async def fetch(self, plan: Plan[Any], *, retry: bool = True) -> list[Row]:
         """The rows of ``plan``'s statement, run on a pooled connection.
+
+        ``retry``: once more on a fresh connection when asyncpg refused to start
+        the statement (set False by that second attempt).
 
         Raises:
             Exception: the driver's or the pool's, untranslated.
