@@ -52,7 +52,7 @@ def panel(
     w: int = 12,
     h: int = 8,
 ) -> dict[str, Any]:
-    steps = [{"color": "green", "value": None}]
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
     steps += [{"color": color, "value": value} for value, color in thresholds or []]
     defaults: dict[str, Any] = {
         "unit": unit,
