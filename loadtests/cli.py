@@ -8,6 +8,8 @@ Commands::
     gate check|update-baseline [options]   the statistical latency gate (make gate)
     gate prove slow-query|quiet            the gate fails on a regression, passes without
     bench driver|instrumentation|network|pool|scale [options]
+    compare A B [options]                  this release's run (B) against the last (A)
+    capacity [options]                     raise the load step by step, report the knee
 
 Exit status: 0 pass, 1 a target missed, 2 the run could not be made (a bad
 option value included: one error line), 3 ``bench instrumentation
@@ -46,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate.add_arguments(sub.add_parser("gate", help="the statistical latency gate"))
     bench.add_arguments(sub.add_parser("bench", help="the performance benchmarks"))
+    from loadtests.release import capacity, compare
+
+    compare.add_arguments(
+        sub.add_parser("compare", help="two report directories side by side, verdict per operation")
+    )
+    capacity.add_arguments(
+        sub.add_parser("capacity", help="step the load up until a target is missed; the knee")
+    )
     return parser
 
 
@@ -65,6 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from loadtests import bench
 
             return bench.main(args)
+        if args.command == "compare":
+            from loadtests.release import compare
+
+            return compare.main(args)
+        if args.command == "capacity":
+            from loadtests.release import capacity
+
+            return capacity.main(args)
         from loadtests.harness import run
 
         return run.honesty(args) if args.command == "honesty" else run.run(args)
