@@ -116,8 +116,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     d.add_argument("--expect-workers", type=at_least(1), default=1, help="master: workers (1)")
     d.add_argument(
         "--expect-workers-max-wait",
-        type=positive,
-        default=120.0,
+        type=at_least(1),
+        default=120,
         help="master: seconds to wait for them (120)",
     )
     d.add_argument(
