@@ -86,7 +86,7 @@ def test_capacity_reports_the_knee_and_resources(pg_server: ServerInfo, tmp_path
     assert [s["users"] for s in summary["steps"]] == [4, 8, 16]
     assert summary["knee"]["users"] == 16 and "every step held" in summary["stopped"]
     step = summary["steps"][0]
-    assert step["ops_s"] > 0 and step["pool_in_use_max"] >= 1
+    assert step["ops_s"] > 0 and step["pool_wait_mean_ms"] is not None  # metrics were read
     assert step["database_connections_max"] >= 1 and step["client_cpu_cores"] > 0
     assert summary["ran_out_first"]["resource"] in {
         "client CPU", "database CPU", "pool connections", "database connections"
