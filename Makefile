@@ -14,10 +14,11 @@ HASH   := $(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP          := $(VENV)/.installed-dev-$(HASH)
 LOADTEST_STAMP := $(VENV)/.installed-loadtest-$(HASH)
 
-.PHONY: help install test test-unit test-fast loadtest lint format check clean gate gate-baseline
+.PHONY: help install test test-unit test-fast loadtest capacity lint format check clean gate gate-baseline
 
 help:
 	@echo "make loadtest   run the load test (100 users, ~1 min) and print the p95 verdict"
+	@echo "make capacity   raise the load step by step until a p95 target gives (a few minutes)"
 	@echo "make test       run all tests against a real PostgreSQL (embedded if none given)"
 	@echo "make test-unit  the unit tests only: no server, a few seconds"
 	@echo "make test-fast  every test but the load and benchmark runs (marked slow); CI runs all"
@@ -57,6 +58,9 @@ test-fast: $(STAMP)
 
 loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtests run $(ARGS)
+
+capacity: $(LOADTEST_STAMP)
+	$(BIN)/python -m loadtests capacity $(ARGS)
 
 gate: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtests gate check $(ARGS)

@@ -71,8 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``capacity``'s options."""
     g = parser.add_argument_group("steps")
     g.add_argument(
-        "--steps", type=_steps, default=[25, 50, 100, 200, 400, 800],
-        help="sessions per step (25,50,100,200,400,800)",
+        "--steps", type=_steps, default=[50, 100, 200, 400, 800, 1600, 3200],
+        help="sessions per step (50,100,200,400,800,1600,3200)",
     )  # fmt: skip
     g.add_argument("--rate", type=positive, default=1.0, help="tasks/s per session (1)")
     g.add_argument("--step-duration", type=positive, default=15.0, help="measured s/step (15)")
