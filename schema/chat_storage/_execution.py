@@ -33,7 +33,6 @@ records and fairies are used through SQLAlchemy's public
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -49,12 +48,10 @@ from .queries.base import Plan, Row
 
 __all__ = ["Connections"]
 
-Send = Callable[[Any, str, list[Any]], Awaitable[list[Any]]]
 
-
-def _send_plain(driver: Any, sql: str, args: list[Any]) -> Awaitable[list[Any]]:
-    # Not async: hands back the driver's own coroutine, so no await level is added.
-    return driver.fetch(sql, *args)  # type: ignore[no-any-return]
+async def _send_plain(driver: Any, sql: str, args: list[Any]) -> list[Any]:
+    rows: list[Any] = await driver.fetch(sql, *args)
+    return rows
 
 
 async def _send_in_transaction(driver: Any, sql: str, args: list[Any]) -> list[Any]:
@@ -84,7 +81,7 @@ def _broken(driver: Any, exc: BaseException) -> bool:
 class Connections:
     """ChatStore's connections from ``engine``'s pool, one statement at a time."""
 
-    __slots__ = ("_checkout_attempts", "_engine", "_send", "hot")
+    __slots__ = ("_checkout_attempts", "_engine", "_pooler", "hot")
 
     def __init__(self, engine: AsyncEngine, *, pooler: bool, hot: HotSeries | None) -> None:
         """Lend from ``engine``'s current pool (engine.dispose() replaces it).
@@ -95,13 +92,13 @@ class Connections:
             hot: the metrics' series for the calling thread; None records nothing.
         """
         self._engine = engine
-        self._send: Send = _send_in_transaction if pooler else _send_plain
+        self._pooler = pooler
         #: The series the wait for a connection is observed into; ChatStore._run
         #: replaces it when the event loop runs in another thread.
         self.hot = hot
         self._checkout_attempts = capacity(engine.sync_engine.pool) + 1
 
-    async def fetch(self, plan: Plan[Any], *, retry: bool = True) -> list[Row]:
+    async def fetch(self, plan: Plan[Any], retry: bool = True, /) -> list[Row]:
         """The rows of ``plan``'s statement, run on a pooled connection.
 
         ``retry``: once more on a fresh connection when asyncpg refused to start
@@ -148,7 +145,10 @@ class Connections:
                     hot.zero_waits[0] += 1
             driver = record.driver_connection
             try:
-                rows = await self._send(driver, sql, args)
+                if self._pooler:
+                    rows = await _send_in_transaction(driver, sql, args)
+                else:
+                    rows = await driver.fetch(sql, *args)
             except BaseException as exc:
                 await greenlet_spawn(_return_after_error, pool, record, driver, exc)
                 raise
@@ -164,7 +164,7 @@ class Connections:
             # can come after the statement was sent, and an append must not run twice.
             if not retry or type(exc) is not asyncpg.InternalClientError:
                 raise
-            return await self.fetch(plan, retry=False)
+            return await self.fetch(plan, False)
 
     def _left_line(
         self, pool: FairAsyncQueuePool, waiter: Any, started: float, exc: BaseException
@@ -191,7 +191,8 @@ class Connections:
         """
         fairy, driver = self._checkout(pool, started)
         try:
-            rows: list[Any] = await_only(self._send(driver, sql, args))
+            send = _send_in_transaction if self._pooler else _send_plain
+            rows: list[Any] = await_only(send(driver, sql, args))
             return rows
         except BaseException as exc:
             if _broken(driver, exc):
