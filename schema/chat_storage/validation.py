@@ -8,6 +8,8 @@ mistake costs no round trip, writes no row and gets a precise typed error.
 from __future__ import annotations
 
 import json
+import math
+import sys
 import uuid
 from typing import Any, Final
 
@@ -149,7 +151,8 @@ def encode_metadata(metadata: object) -> str | None:
 
     Raises:
         InvalidMetadata: not a dict of JSON values, too deep, too large, or holding
-            NaN/Infinity, a NUL character or a lone surrogate (jsonb rejects them).
+            NaN/Infinity, an integer too long for JSON text, a NUL character or
+            a lone surrogate (jsonb rejects them).
     """
     if metadata is None:
         return None
@@ -159,7 +162,15 @@ def encode_metadata(metadata: object) -> str | None:
     try:
         text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:
-        raise InvalidMetadata("metadata holds NaN or Infinity, which JSON cannot carry") from exc
+        if _holds_non_finite(metadata):
+            raise InvalidMetadata(
+                "metadata holds NaN or Infinity, which JSON cannot carry"
+            ) from exc
+        # The other ValueError: an integer past sys.get_int_max_str_digits().
+        raise InvalidMetadata(
+            "metadata holds an integer too long to write as JSON text (over "
+            f"{sys.get_int_max_str_digits()} digits); store it as a string"
+        ) from exc
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
@@ -167,6 +178,16 @@ def encode_metadata(metadata: object) -> str | None:
     if size > MAX_METADATA_BYTES:
         raise InvalidMetadata(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
     return text
+
+
+def _holds_non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_non_finite(item) for item in value)
+    return False
 
 
 def check_limit(limit: object, maximum: int) -> int:

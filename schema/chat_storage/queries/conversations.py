@@ -194,7 +194,7 @@ def plan_list_conversations(
     Raises:
         InvalidInput: ``status`` is not 'active' or 'archived'.
         InvalidLimit: ``limit`` outside 1..MAX_LIST_PAGE (200).
-        InvalidCursor: a cursor this listing did not produce.
+        InvalidCursor: a cursor this listing did not produce, or another user's or status's.
     """
     try:
         status_value = ConversationStatus(status).value
@@ -208,13 +208,19 @@ def plan_list_conversations(
         "p_limit": limit + 1,
     }
     if cursor is not None:
-        params["p_after_updated_at"], params["p_after_id"] = decode_list_cursor(cursor)
+        params["p_after_updated_at"], params["p_after_id"] = decode_list_cursor(
+            cursor, params["p_user_id"], status_value
+        )
 
     def finish(rows: list[Row]) -> Page[Conversation]:
         items = [conversation_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         last = items[-1] if more else None
-        next_cursor = encode_list_cursor(last.updated_at, last.id) if last else None
+        next_cursor = (
+            encode_list_cursor(last.updated_at, last.id, params["p_user_id"], status_value)
+            if last
+            else None
+        )
         return Page(items, next_cursor)
 
     return Plan(_list(cursor is not None), params, finish)

@@ -4,7 +4,8 @@
 atomic without an explicit transaction:
 
 * ``taken``: the message already stored under this ``message_id``, if any: a
-  replay when it is the caller's, a conflict otherwise, and no write either way;
+  replay when it is the caller's and says the same (role, content, metadata), a
+  conflict otherwise, and no write either way;
 * ``bumped``: ``UPDATE conversations SET last_seq = last_seq + 1, updated_at =
   now()`` for the owner's *active* conversation, unless the id is taken; the row
   lock it takes serialises appends to one conversation, so ``seq`` is gap-free
@@ -68,8 +69,15 @@ _m = Message.__table__.c
 _user_id = bindparam("p_user_id", type_=String)
 _conversation_id = bindparam("p_conversation_id", type_=Uuid)
 _message_id = bindparam("p_message_id", type_=Uuid)
+_role = bindparam("p_role", type_=String)
+_content = bindparam("p_content", type_=Text)
+# JSON text in, so both executors bind the same value (no double encoding).
+_metadata = cast(bindparam("p_metadata", type_=Text), JSONB)
 _NO_CURSOR: Final = 2**63 - 1  # before any seq: the newest page
 _ID_TAKEN: Final = "message_id is already used by another user"
+_ID_CHANGED: Final = (
+    "message_id was already used for a different message (role, content or metadata differ)"
+)
 
 
 class _RetryAppend(Exception):
@@ -120,10 +128,9 @@ def _add() -> Statement:
         _message_id,
         bumped.c.id,
         _user_id,
-        bindparam("p_role", type_=String),
-        bindparam("p_content", type_=Text),
-        # JSON text in, so both executors bind the same value (no double encoding).
-        cast(bindparam("p_metadata", type_=Text), JSONB),
+        _role,
+        _content,
+        _metadata,
         bumped.c.last_seq,
     )
     inserted = (
@@ -137,9 +144,17 @@ def _add() -> Statement:
     )
     nothing = [null() for _ in MESSAGE_COLUMNS]
     why = case((~id_is_free, literal_column("'taken'")), else_=_c.status)
+    # A retry must say what the first call said: compared as stored (jsonb
+    # equality, so key order, spacing and 1.0 vs 1 do not count as a change).
+    same = (
+        (taken.c.role == _role)
+        & (taken.c.content == _content)
+        & taken.c.metadata.is_not_distinct_from(_metadata)
+    )
+    changed = case((same, null()), else_=literal_column("'changed'"))
     stmt = union_all(
         select(literal_column("'inserted'"), null(), *inserted.c),
-        select(literal_column("'replayed'"), null(), *taken.c).where(taken.c.user_id == _user_id),
+        select(literal_column("'replayed'"), changed, *taken.c).where(taken.c.user_id == _user_id),
         select(literal_column("'refused'"), why, *nothing).where(
             _c.id == _conversation_id,
             _c.user_id == _user_id,
@@ -189,7 +204,9 @@ def plan_add_message(
     """Append a message and bump the conversation's ``updated_at``, atomically.
 
     Pass ``message_id`` (a UUID you generate) to make retries safe: a retry
-    after a timeout returns the stored message and never writes a duplicate.
+    after a timeout or a cancellation returns the stored message and never
+    writes a duplicate. A retry must repeat the same role, content and
+    metadata: a changed one is refused, not taken for the first.
     Inside a caller's transaction, the conversation row stays locked until that
     transaction ends (appends to it queue behind it). The plan's result is the
     message and whether it was replayed; the operations return the message.
@@ -198,7 +215,8 @@ def plan_add_message(
         InvalidInput: a rejected argument (see validation.py); nothing was sent.
         ConversationNotFound: missing, or another user's.
         ConversationArchived: the conversation is archived.
-        IdempotencyConflict: ``message_id`` is taken by another conversation or user.
+        IdempotencyConflict: ``message_id`` is taken by another conversation or
+            user, or was stored with another role, content or metadata.
     """
     checked_role = check_role(role)
     conversation = check_uuid(conversation_id, "conversation_id")
@@ -229,9 +247,13 @@ def plan_add_message(
             # inserted: a concurrent call with the same message_id inserted first.
             raise _RetryAppend
         message = message_from_row(row, 2)
-        if outcome == "replayed" and message.conversation_id != conversation:
-            raise IdempotencyConflict("message_id was already used in another conversation")
-        return message, outcome == "replayed"
+        if outcome == "replayed":
+            if message.conversation_id != conversation:
+                raise IdempotencyConflict("message_id was already used in another conversation")
+            if row[1] is not None:
+                raise IdempotencyConflict(_ID_CHANGED)
+            return message, True
+        return message, False
 
     return _AppendPlan(_add(), params, finish)
 
@@ -252,14 +274,15 @@ def plan_get_history(
     Raises:
         InvalidIdentifier: malformed user id or conversation id.
         InvalidLimit: ``limit`` outside 1..MAX_HISTORY_PAGE (200).
-        InvalidCursor: a cursor history did not produce.
+        InvalidCursor: a cursor history did not produce, or made for another conversation.
         ConversationNotFound: missing, or another user's.
     """
     limit = check_limit(limit, MAX_HISTORY_PAGE)
+    conversation = check_uuid(conversation_id, "conversation_id")
     params = {
         "p_user_id": check_user_id(user_id),
-        "p_conversation_id": check_uuid(conversation_id, "conversation_id"),
-        "p_before": _NO_CURSOR if cursor is None else decode_history_cursor(cursor),
+        "p_conversation_id": conversation,
+        "p_before": _NO_CURSOR if cursor is None else decode_history_cursor(cursor, conversation),
         "p_limit": limit + 1,
     }
 
@@ -274,7 +297,7 @@ def plan_get_history(
             if more
             else [message_from_row(row, 1) for row in reversed(rows)]
         )
-        next_cursor = encode_history_cursor(items[0].seq) if more else None
+        next_cursor = encode_history_cursor(items[0].seq, conversation) if more else None
         return Page(items, next_cursor)
 
     return Plan(_history(), params, finish)
