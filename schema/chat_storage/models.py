@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -36,32 +36,26 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
-    event,
-    func,
-    literal_column,
-    select,
     text,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
-    Mapper,
-    attributes,
     mapped_column,
-    object_session,
 )
 
-if TYPE_CHECKING:
-    from .host import ConversationDict, MessageDict
+# typing's TypedDict is refused by pydantic (FastAPI's response models) before
+# Python 3.12.
+from typing_extensions import TypedDict
 
 __all__ = [
     "Base",
     "Conversation",
+    "ConversationDict",
     "ConversationStatus",
     "Message",
+    "MessageDict",
     "MessageRole",
     "users_table",
 ]
@@ -79,6 +73,28 @@ class MessageRole(enum.StrEnum):
 
     USER = "user"
     ASSISTANT = "assistant"
+
+
+class ConversationDict(TypedDict):
+    """A conversation as a JSON object (``Conversation.to_dict()``)."""
+
+    id: str
+    user_id: str
+    status: str
+    created_at: str
+    updated_at: str
+
+
+class MessageDict(TypedDict):
+    """A message as a JSON object (``Message.to_dict()``)."""
+
+    id: str
+    conversation_id: str
+    user_id: str
+    role: str
+    content: str
+    metadata: dict[str, Any] | None
+    created_at: str
 
 
 class Base(DeclarativeBase):
@@ -225,60 +241,3 @@ class Message(Base):
             "metadata": self.metadata_,
             "created_at": self.created_at.isoformat(),
         }
-
-
-@event.listens_for(Message, "before_insert")
-def _number_message(_mapper: Mapper[Message], connection: Connection, message: Message) -> None:
-    """Give a Message added to an ORM session its ``seq`` and bump its conversation.
-
-    The same rules as ``add_message``: the conversation must be the user's and
-    active. The UPDATE locks the conversation row until the session's transaction
-    ends, so concurrent appenders queue and each gets the next number.
-    """
-    # Imported here: validation imports this module for MessageRole.
-    from .errors import ConversationArchived, ConversationNotFound, InvalidInput, translate_errors
-    from .validation import check_content, check_role, check_user_id, check_uuid, encode_metadata
-
-    if message.seq is not None:
-        raise InvalidInput("Message.seq is assigned when the message is inserted; leave it unset")
-    role = check_role(message.role)
-    check_content(role, message.content)
-    encode_metadata(message.metadata_)
-    user_id = check_user_id(message.user_id)
-    conversation_id = check_uuid(message.conversation_id, "conversation_id")
-    message.role, message.conversation_id = role, conversation_id
-    c = Conversation.__table__.c
-    owned = (c.id == conversation_id) & (c.user_id == user_id)
-    with translate_errors():
-        bumped = connection.execute(
-            update(Conversation)
-            .where(owned, c.status == literal_column("'active'"))
-            .values(last_seq=c.last_seq + 1, updated_at=func.now())
-            .returning(c.last_seq, c.updated_at)
-        ).first()
-        status = None if bumped else connection.execute(select(c.status).where(owned)).scalar()
-    if bumped is None:
-        if status == ConversationStatus.ARCHIVED:
-            raise ConversationArchived("conversation is archived; restore it to append")
-        raise ConversationNotFound("conversation not found")
-    message.seq = bumped.last_seq
-    _refresh_parent(message, conversation_id, bumped.last_seq, bumped.updated_at)
-
-
-def _refresh_parent(
-    message: Message, conversation_id: uuid.UUID, last_seq: int, updated_at: datetime
-) -> None:
-    # A Conversation loaded in the same session would otherwise show the values
-    # from before the bump; attributes the caller has changed are left alone.
-    session = object_session(message)
-    if session is None:
-        return
-    parent = session.identity_map.get(
-        Conversation.__mapper__.identity_key_from_primary_key((conversation_id,))
-    )
-    if not isinstance(parent, Conversation):
-        return
-    state = attributes.instance_state(parent)
-    for name, value in (("last_seq", last_seq), ("updated_at", updated_at)):
-        if not state.attrs[name].history.has_changes():
-            attributes.set_committed_value(parent, name, value)

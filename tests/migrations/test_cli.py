@@ -117,18 +117,18 @@ def test_cli_history_lists_revisions(tmp_path: Path) -> None:
 
 def test_cli_sql_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`migrate upgrade --sql | head -1`: exit 0, no BrokenPipeError traceback."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "chat_storage", "migrate", "upgrade", "--sql"],
         cwd=tmp_path,
         env=NO_URL_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline().strip() == b"BEGIN;"
-    proc.stdout.close()  # the reader goes away, as head does
-    stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 0, stderr
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().strip() == b"BEGIN;"
+        proc.stdout.close()  # the reader goes away, as head does
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
 
 
