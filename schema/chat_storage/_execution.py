@@ -24,6 +24,19 @@ onto the queue or to the next waiter. Everything else (connecting, recycling,
 closing overflow, an event listener or pre-ping on the pool) runs checkout,
 statement and checkin inside one greenlet, through ``pool.connect()``.
 
+Deadlines and cancellation: every statement carries the operation's deadline
+(asyncpg's own ``timeout=``: a timer, no extra task, and a cancel request to the
+server when it fires); a wait for a connection ends at the deadline too, and
+the rarer greenlet path (connecting, recycling) runs under ``asyncio.timeout``.
+When a statement is cut short (deadline, or the caller's task cancelled), the
+connection's pool slot is freed only after the server has ended the statement:
+:func:`_settle` waits for asyncpg's cancel request to be acknowledged, ends the
+session, and only then returns the slot. A cancelled caller resumes after that
+(one round trip); a deadline's caller gets OperationTimeout at once, the
+settling going on beside it (a silent peer would take SETTLE_TIMEOUT). A
+statement never outlives its caller on the server, and the server never holds
+more sessions for this pool than its size plus overflow.
+
 Private names used: none. The pool's internals are behind
 :class:`~chat_storage.pool.FairAsyncQueuePool`'s methods (pool.py lists them);
 records and fairies are used through SQLAlchemy's public
@@ -32,8 +45,11 @@ records and fairies are used through SQLAlchemy's public
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -42,33 +58,44 @@ from sqlalchemy.pool import Pool
 from sqlalchemy.util import await_only, greenlet_spawn
 from sqlalchemy.util.queue import Empty
 
+from .errors import OperationTimeout
 from .metrics import HotSeries
 from .pool import FairAsyncQueuePool, capacity
 from .queries.base import Plan, Row
 
 __all__ = ["Connections"]
 
+#: Seconds a cut-short statement's connection may take to confirm the server
+#: cancelled it and to close; past that it is dropped (a silent peer never will).
+SETTLE_TIMEOUT: Final = 5.0
 
-async def _send_plain(driver: Any, sql: str, args: list[Any]) -> list[Any]:
-    rows: list[Any] = await driver.fetch(sql, *args)
+
+async def _send_plain(driver: Any, sql: str, args: list[Any], within: float | None) -> list[Any]:
+    rows: list[Any] = await driver.fetch(sql, *args, timeout=within)
     return rows
 
 
-async def _send_in_transaction(driver: Any, sql: str, args: list[Any]) -> list[Any]:
+async def _send_in_transaction(
+    driver: Any, sql: str, args: list[Any], within: float | None
+) -> list[Any]:
     # PgBouncer in transaction mode (Neon's -pooler endpoint) may hand each
     # transaction to a different server connection; asyncpg's prepare and
     # execute are separate exchanges, so they must share one explicit
     # transaction (otherwise four round trips instead of one, or a prepared
     # statement missing on the server connection that executes it).
-    transaction = driver.transaction()
-    await transaction.start()
-    try:
-        rows: list[Any] = await driver.fetch(sql, *args)
-    except BaseException:
-        if not driver.is_closed():
-            await transaction.rollback()
-        raise
-    await transaction.commit()
+    async with asyncio.timeout(within):
+        transaction = driver.transaction()
+        await transaction.start()
+        try:
+            rows: list[Any] = await driver.fetch(sql, *args)
+        except BaseException as exc:
+            # Only after the server's own error: cut short mid-statement, a
+            # ROLLBACK would wait for the cancel (a silent peer: forever), and
+            # the connection is discarded anyway, which rolls back.
+            if getattr(exc, "sqlstate", None) is not None and not driver.is_closed():
+                await transaction.rollback()
+            raise
+        await transaction.commit()
     return rows
 
 
@@ -78,34 +105,71 @@ def _broken(driver: Any, exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) is None or driver.is_closed()
 
 
+def _cut_short(driver: Any, exc: BaseException) -> bool:
+    """Whether the statement may still run on the server: the caller's task was
+    cancelled or the deadline passed while it was in flight, on a live connection."""
+    return isinstance(exc, asyncio.CancelledError | TimeoutError) and not driver.is_closed()
+
+
+def _timed_out(timeout: float) -> OperationTimeout:
+    return OperationTimeout(f"the operation did not finish within its deadline ({timeout:g} s)")
+
+
+def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
+    # The deadline passed while the caller waited for a connection.
+    if not waiter.done():
+        waiter.set_exception(_timed_out(timeout))
+
+
 class Connections:
     """ChatStore's connections from ``engine``'s pool, one statement at a time."""
 
-    __slots__ = ("_checkout_attempts", "_engine", "_pooler", "hot")
+    __slots__ = ("_checkout_attempts", "_engine", "_pooler", "_settling", "hot", "timeout")
 
-    def __init__(self, engine: AsyncEngine, *, pooler: bool, hot: HotSeries | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        pooler: bool,
+        hot: HotSeries | None,
+        timeout: float | None = None,
+    ) -> None:
         """Lend from ``engine``'s current pool (engine.dispose() replaces it).
 
         Args:
             engine: the store's engine.
             pooler: run each statement in an explicit transaction (PgBouncer-safe).
             hot: the metrics' series for the calling thread; None records nothing.
+            timeout: seconds each operation may take (pool wait, connect,
+                statement) unless the call says otherwise; None: no deadline.
         """
         self._engine = engine
         self._pooler = pooler
         #: The series the wait for a connection is observed into; ChatStore._run
         #: replaces it when the event loop runs in another thread.
         self.hot = hot
+        self.timeout = timeout
         self._checkout_attempts = capacity(engine.sync_engine.pool) + 1
+        # Connections whose cut-short statement is being cancelled on the server
+        # (referenced here so the tasks are not collected mid-way).
+        self._settling: set[asyncio.Task[None]] = set()
 
-    async def fetch(self, plan: Plan[Any], retry: bool = True, /) -> list[Row]:
+    async def fetch(
+        self,
+        plan: Plan[Any],
+        retry: bool = True,
+        within: float | None = None,
+        /,
+    ) -> list[Row]:
         """The rows of ``plan``'s statement, run on a pooled connection.
 
         ``retry``: once more on a fresh connection when asyncpg refused to start
-        the statement (set False by that second attempt).
+        the statement (set False by that second attempt). ``within``: this
+        call's deadline in seconds; None: :attr:`timeout`.
 
         Raises:
-            Exception: the driver's or the pool's, untranslated.
+            OperationTimeout: the deadline passed (waiting, connecting or in the statement).
+            Exception: otherwise the driver's or the pool's, untranslated.
         """
         # One function on purpose: every await level is re-entered each time the
         # task resumes (once per response, twice when the pool is saturated).
@@ -113,27 +177,44 @@ class Connections:
         params = plan.params
         args = [params[name] for name in names]
         pool = self._engine.sync_engine.pool
+        timeout = self.timeout if within is None else within
         try:
             if not isinstance(pool, FairAsyncQueuePool):
-                return await greenlet_spawn(self._in_greenlet, pool, sql, args, time.perf_counter())
-            # Timed only when the caller queues: a lend without waiting is a wait of 0.
+                return await self._via_greenlet(pool, sql, args, time.perf_counter(), timeout)
+            # Timed only when the caller queues: a lend without waiting is a wait
+            # of 0, and the statement then gets the whole deadline.
             started: float | None = None
+            remaining = timeout
             if pool.must_wait():
                 started = time.perf_counter()
                 waiter = pool.join_line()
+                expiry = (
+                    None
+                    if timeout is None
+                    else asyncio.get_running_loop().call_later(timeout, _expire, waiter, timeout)
+                )
                 try:
                     record = await waiter
                 except BaseException as exc:
-                    timeout = self._left_line(pool, waiter, started, exc)
-                    if timeout is not None:
-                        raise timeout from None
+                    pool_timeout = self._left_line(pool, waiter, started, exc)
+                    if pool_timeout is not None:
+                        raise pool_timeout from None
                     raise
+                finally:
+                    if expiry is not None:
+                        expiry.cancel()
                 record = pool.lend_handed(record)
+                if timeout is not None:
+                    remaining = timeout - (time.perf_counter() - started)
+                    if remaining <= 0:  # handed over in the deadline's own turn
+                        if record is not None and not pool.give_back(record):
+                            await greenlet_spawn(pool.return_record, record)
+                        raise _timed_out(timeout)
             else:
                 record = pool.lend()
             if record is None:
-                return await greenlet_spawn(
-                    self._in_greenlet, pool, sql, args, started or time.perf_counter()
+                return await self._via_greenlet(
+                    pool, sql, args, started or time.perf_counter(), remaining
                 )
             hot = self.hot
             if hot is not None:
@@ -146,11 +227,20 @@ class Connections:
             driver = record.driver_connection
             try:
                 if self._pooler:
-                    rows = await _send_in_transaction(driver, sql, args)
+                    rows = await _send_in_transaction(driver, sql, args, remaining)
                 else:
-                    rows = await driver.fetch(sql, *args)
+                    rows = await driver.fetch(sql, *args, timeout=remaining)
             except BaseException as exc:
-                await greenlet_spawn(_return_after_error, pool, record, driver, exc)
+                if _cut_short(driver, exc):
+                    settling = self._settle_later(_settle_record(pool, record, driver, exc))
+                    if isinstance(exc, asyncio.CancelledError):
+                        # A cancelled caller resumes once the server has ended
+                        # the statement (a deadline's caller does not wait).
+                        await _wait_settled(settling)
+                else:
+                    await greenlet_spawn(_return_after_error, pool, record, driver, exc)
+                if isinstance(exc, TimeoutError) and timeout is not None:
+                    raise _timed_out(timeout) from exc
                 raise
             if not pool.give_back(record):
                 await greenlet_spawn(pool.return_record, record)
@@ -164,7 +254,30 @@ class Connections:
             # can come after the statement was sent, and an append must not run twice.
             if not retry or type(exc) is not asyncpg.InternalClientError:
                 raise
-            return await self.fetch(plan, False)
+            return await self.fetch(plan, False, timeout)
+
+    async def _via_greenlet(
+        self, pool: Pool, sql: str, args: list[Any], started: float, within: float | None
+    ) -> list[Any]:
+        """:meth:`_in_greenlet` within the deadline (off the common path: a new
+        connection, a recycle, a pool that is not the fair one)."""
+        if within is None:
+            return await greenlet_spawn(self._in_greenlet, pool, sql, args, started, None)
+        deadline = asyncio.timeout(within)
+        try:
+            async with deadline:
+                return await greenlet_spawn(self._in_greenlet, pool, sql, args, started, deadline)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # asyncpg's connect_timeout: the database is unreachable
+            raise _timed_out(within) from exc
+
+    def _settle_later(self, settling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``settling`` (a :func:`_settle` coroutine) beside the caller."""
+        task = asyncio.get_running_loop().create_task(settling)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
 
     def _left_line(
         self, pool: FairAsyncQueuePool, waiter: Any, started: float, exc: BaseException
@@ -182,25 +295,41 @@ class Connections:
             self._waited(started, timed_out=True)
         return pool.timeout_error()
 
-    def _in_greenlet(self, pool: Pool, sql: str, args: list[Any], started: float) -> list[Any]:
+    def _in_greenlet(
+        self,
+        pool: Pool,
+        sql: str,
+        args: list[Any],
+        started: float,
+        deadline: asyncio.Timeout | None,
+    ) -> list[Any]:
         """Checkout, statement and checkin through ``pool.connect()``, in one greenlet.
 
         ``pool`` is the one the caller may have waited in: after engine.dispose()
         the engine has a new one, and a record handed over in the old one must be
-        taken from there.
+        taken from there. ``deadline``: the operation's, which cancels this.
         """
         fairy, driver = self._checkout(pool, started)
         try:
             send = _send_in_transaction if self._pooler else _send_plain
-            rows: list[Any] = await_only(send(driver, sql, args))
+            # The deadline is _via_greenlet's (asyncio.timeout cancels this).
+            rows: list[Any] = await_only(send(driver, sql, args, None))
             return rows
         except BaseException as exc:
-            if _broken(driver, exc):
+            if _cut_short(driver, exc):
+                # The slot (the fairy) is freed by _settle, once the server
+                # has ended the statement.
+                settling = self._settle_later(_settle_fairy(fairy, driver))
+                fairy = None
+                if deadline is None or not deadline.expired():
+                    await_only(_wait_settled(settling))  # a cancelled caller
+            elif _broken(driver, exc):
                 driver.terminate()  # synchronous and immediate
                 fairy.invalidate()
             raise
         finally:
-            fairy.close()
+            if fairy is not None:
+                fairy.close()
 
     def _checkout(self, pool: Pool, started: float) -> tuple[Any, Any]:
         """A pooled connection (fairy) and its asyncpg connection, skipping dead ones."""
@@ -236,6 +365,53 @@ class Connections:
         if timed_out:
             hot.metrics.pool_timeouts.inc()
         hot.pool_wait.observe(0.0 if started is None else time.perf_counter() - started)
+
+
+async def _settle(driver: Any) -> None:
+    """End the session of a cut-short statement's connection, after the server
+    has ended the statement.
+
+    asyncpg sent a cancel request when the statement was cut short; its
+    ``close()`` waits for the server to acknowledge it (the statement's own
+    response), then ends the session. ``terminate()`` alone would drop that
+    cancel request unsent, and the server would run the statement to its end
+    (an append waiting on a lock commits after its caller was told it was
+    cancelled) in a session the pool no longer counts. A silent peer never
+    answers: past SETTLE_TIMEOUT the connection is dropped (the server's TCP
+    keepalives end its side).
+    """
+    with contextlib.suppress(Exception):
+        await driver.close(timeout=SETTLE_TIMEOUT)
+    driver.terminate()  # no-op once closed; drops it after a failed close
+
+
+async def _wait_settled(settling: asyncio.Task[None]) -> None:
+    # Shielded: cancelled again meanwhile, the caller leaves and the settling
+    # goes on (it still holds the slot until the server has ended the statement).
+    with contextlib.suppress(Exception):
+        await asyncio.shield(settling)
+
+
+async def _settle_record(
+    pool: FairAsyncQueuePool, record: Any, driver: Any, exc: BaseException
+) -> None:
+    try:
+        await _settle(driver)
+    finally:
+        # Only now is the slot free: the pool may open a new connection for it.
+        await greenlet_spawn(_return_after_error, pool, record, driver, exc)
+
+
+async def _settle_fairy(fairy: Any, driver: Any) -> None:
+    try:
+        await _settle(driver)
+    finally:
+        await greenlet_spawn(_invalidate, fairy)
+
+
+def _invalidate(fairy: Any) -> None:
+    fairy.invalidate()
+    fairy.close()
 
 
 def _return_after_error(

@@ -11,15 +11,21 @@ with ``sslrootcert=<file>`` or ``sslrootcert=system`` (libpq 16: the system's
 CA store, and verify-full). Usage::
 
     engine = create_engine("postgresql://app@db.example.com/chat?ssl=require", pool_size=5)
+
+Private names used: asyncpg's ``Connection._transport`` (its socket, for TCP
+keepalives: asyncpg has no option for them), read with getattr so a rename
+only loses the client-side probes (tests/unit/test_keepalive.py notices).
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 import uuid
 import weakref
 from typing import Any, Final
 
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -31,6 +37,7 @@ __all__ = [
     "build_ssl_context",
     "create_engine",
     "create_unpooled_engine",
+    "engine_operation_timeout",
     "engine_pooler_mode",
     "is_pooler_url",
     "redact",
@@ -40,6 +47,13 @@ __all__ = [
 
 # Engines made here, and whether each is in pooler mode (Engine has no info dict).
 _POOLER_MODE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+# Engines made here, and their operation_timeout.
+_OPERATION_TIMEOUT: weakref.WeakKeyDictionary[Engine, float | None] = weakref.WeakKeyDictionary()
+#: The deadline of an operation on an engine made elsewhere (Settings' default).
+DEFAULT_OPERATION_TIMEOUT: Final = 30.0
+# Keepalive probes after tcp_keepalive_idle: every 10 s, 3 unanswered end it.
+_KEEPALIVE_INTERVAL: Final = 10
+_KEEPALIVE_COUNT: Final = 3
 _SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # SQLAlchemy+asyncpg's ssl=true/false: asyncpg's ssl=True verifies like verify-full.
 _SSL_BOOLEANS: Final = {"true": "verify-full", "false": "disable"}
@@ -221,9 +235,17 @@ def _connect_args(settings: Settings, url: URL, pooler: bool) -> dict[str, Any]:
         args["statement_cache_size"] = 0
         args["prepared_statement_cache_size"] = 0
         args["prepared_statement_name_func"] = lambda: f"__chat_{uuid.uuid4().hex}__"
-    elif settings.statement_timeout_ms is not None:
-        # A startup parameter costs no round trip; PgBouncer would refuse it.
-        server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    else:
+        # Startup parameters cost no round trip; PgBouncer would refuse them.
+        if settings.statement_timeout_ms is not None:
+            server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+        if settings.tcp_keepalive_idle is not None:
+            # The server probes too: a client gone without a FIN (a NAT or a
+            # cloud proxy dropping the connection) has its session ended
+            # instead of holding a backend, and its locks, indefinitely.
+            server_settings["tcp_keepalives_idle"] = str(settings.tcp_keepalive_idle)
+            server_settings["tcp_keepalives_interval"] = str(_KEEPALIVE_INTERVAL)
+            server_settings["tcp_keepalives_count"] = str(_KEEPALIVE_COUNT)
     args["server_settings"] = server_settings
     return args
 
@@ -297,7 +319,39 @@ def create_engine(settings: Settings | str | URL | None = None, /, **overrides: 
         hide_parameters=True,
     )
     _POOLER_MODE[engine.sync_engine] = pooler
+    _OPERATION_TIMEOUT[engine.sync_engine] = settings.operation_timeout
+    if settings.tcp_keepalive_idle is not None:
+        idle = settings.tcp_keepalive_idle
+        # Once per new connection, never per checkout (no checkout listener:
+        # see pool.py's direct lending).
+        event.listen(
+            engine.sync_engine,
+            "connect",
+            lambda dbapi_connection, _record: keep_alive(dbapi_connection, idle),
+        )
     return engine
+
+
+def keep_alive(dbapi_connection: Any, idle: int) -> None:
+    """Turn on TCP keepalive probes on a new pooled connection's socket.
+
+    A peer that vanished without a FIN is then noticed between operations (the
+    next checkout finds the connection closed and opens another) rather than
+    by the next operation's deadline.
+    """
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    transport = getattr(driver, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket has no peer to lose
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", _KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, option):  # Linux; macOS lacks TCP_KEEPIDLE
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def create_unpooled_engine(
@@ -322,6 +376,11 @@ def create_unpooled_engine(
         echo=False,
         hide_parameters=True,
     )
+
+
+def engine_operation_timeout(engine: AsyncEngine) -> float | None:
+    """The ``operation_timeout`` ``engine`` was made with (30 s for an engine made elsewhere)."""
+    return _OPERATION_TIMEOUT.get(engine.sync_engine, DEFAULT_OPERATION_TIMEOUT)
 
 
 def engine_pooler_mode(engine: AsyncEngine) -> bool:

@@ -15,12 +15,13 @@ The whole tree::
     │   ├── ConversationNotFound     missing, or owned by another user (indistinguishable)
     │   └── UserNotFound             the user id is not in the application's users table
     ├── ConversationArchived         appending to an archived conversation
-    ├── IdempotencyConflict          message_id already used for another conversation
+    ├── IdempotencyConflict          message_id already used for another conversation or message
     ├── IntegrityViolation           any other constraint the database enforced
     ├── TransientError               retrying the same call may succeed (retryable = True)
     │   ├── DatabaseUnavailable      connection lost, server restarting, too many connections
     │   ├── PoolTimeout              no pooled connection within pool_timeout
     │   ├── QueryTimeout             the server's statement_timeout cancelled the query
+    │   ├── OperationTimeout         the operation's deadline (operation_timeout) passed
     │   └── SerializationFailure     deadlock or serialization failure
     └── DatabaseError                anything else the database reported
 
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidMetadata",
     "InvalidRole",
     "NotFound",
+    "OperationTimeout",
     "PoolTimeout",
     "QueryTimeout",
     "SerializationFailure",
@@ -125,7 +127,7 @@ class ConversationArchived(ChatStoreError):
 
 
 class IdempotencyConflict(ChatStoreError):
-    """Raised when a message_id is reused for a different conversation or user."""
+    """Raised when a message_id is reused for a different conversation, user or message."""
 
 
 class IntegrityViolation(ChatStoreError):
@@ -148,6 +150,10 @@ class PoolTimeout(TransientError):
 
 class QueryTimeout(TransientError):
     """Raised when the server cancelled a statement (statement_timeout or a cancel request)."""
+
+
+class OperationTimeout(TransientError):
+    """Raised when an operation's deadline passed; its statement was cancelled on the server."""
 
 
 class SerializationFailure(TransientError):

@@ -1,7 +1,8 @@
 """Connection and pool settings, from arguments or the environment.
 
 The defaults are the plan's pool (size 10, overflow 20, timeout 30 s, recycle
-3600 s). Nothing is read at import time: call :meth:`Settings.from_env`.
+3600 s) and a 30 s deadline per operation. Nothing is read at import time: call
+:meth:`Settings.from_env`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ class Settings:
     statement_timeout_ms: int | None = None
     #: Seconds to establish a new connection (Neon cold starts take a few).
     connect_timeout: float = 10.0
+    #: Seconds one ChatStore operation may take in all (waiting for a pooled
+    #: connection, connecting, the statement) before OperationTimeout; the
+    #: statement is then cancelled on the server and its connection discarded.
+    #: Each method's ``timeout=`` overrides it per call. None: no deadline.
+    operation_timeout: float | None = 30.0
+    #: Seconds of silence before TCP keepalive probes start on each pooled
+    #: connection (both ends: the client's socket, and the server's
+    #: tcp_keepalives_* outside pooler mode), so a peer that vanished without
+    #: a FIN is noticed between operations; probes every 10 s, 3 unanswered
+    #: end it. None: the operating system's defaults.
+    tcp_keepalive_idle: int | None = 30
     application_name: str = "chat-storage"
 
     @classmethod

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._execution import Connections
 from .cursor import Page
-from .engine import engine_pooler_mode
+from .engine import engine_operation_timeout, engine_pooler_mode
 from .errors import ChatStoreError, InvalidInput, error_for
 from .metrics import HotSeries, StoreMetrics, observe_pool
 from .models import Conversation, ConversationStatus, Message, MessageRole
@@ -79,6 +79,15 @@ class ChatStore:
     Every method takes the owner's user id; another user's conversation is
     indistinguishable from a missing one. Every method raises ChatStoreError
     subclasses only (see errors.py).
+
+    Every method also takes a keyword-only ``timeout``: the seconds this call
+    may take in all (waiting for a connection, connecting, the statement);
+    default the engine's ``operation_timeout`` (Settings, 30 s). When it passes
+    the call raises OperationTimeout (retryable), the statement is cancelled on
+    the server and its connection discarded. A cancelled call's statement is
+    cancelled on the server too, before its connection is reused. Either way an
+    append may have been stored just before: retry it with the same
+    ``message_id`` (the stored message comes back, never a duplicate).
     """
 
     def __init__(
@@ -111,7 +120,9 @@ class ChatStore:
         self._spans_under_unsampled_parents = spans_under_unsampled_parents
         self._sdk_checked_until = -math.inf
         pooler = engine_pooler_mode(engine) if pooler_mode is None else pooler_mode
-        self._connections = Connections(engine, pooler=pooler, hot=self._hot)
+        self._connections = Connections(
+            engine, pooler=pooler, hot=self._hot, timeout=engine_operation_timeout(engine)
+        )
         if metrics is not None:
             observe_pool(engine, metrics)
 
@@ -132,8 +143,9 @@ class ChatStore:
             metrics.errors.labels(name, type(error).__name__).inc()
         return error
 
-    async def _run(self, plan: Plan[R]) -> R:
-        """Run ``plan``; record its latency, outcome and errors on metrics and span."""
+    async def _run(self, plan: Plan[R], within: float | None = None) -> R:
+        """Run ``plan`` within ``within`` seconds (None: the engine's operation_timeout);
+        record its latency, outcome and errors on metrics and span."""
         statement = plan.statement
         # A child of the caller's current span, but not made current itself:
         # nothing runs under it that could open a child span (the statement goes
@@ -159,7 +171,9 @@ class ChatStore:
             # (an engine cannot serve two loops at once): that thread's series.
             hot = self._hot = self._connections.hot = HotSeries(hot.metrics)
         try:
-            result = await self._execute(plan)
+            # The one-argument call when no override: the load tests' slow-query
+            # proof wraps _execute(plan).
+            result = await (self._execute(plan) if within is None else self._execute(plan, within))
         except BaseException as exc:
             error = exc if isinstance(exc, ChatStoreError) else error_for(exc, url=self._engine.url)
             self._record_failure(statement.name, span, started, error, exc)
@@ -179,11 +193,16 @@ class ChatStore:
             span.end()
         return result
 
-    def _execute(self, plan: Plan[R]) -> Coroutine[Any, Any, R]:
+    def _execute(self, plan: Plan[R], timeout: float | None = None) -> Coroutine[Any, Any, R]:
         # Every statement passes here (the load tests' slow-query proof wraps
         # it). Not async: the plan's own coroutine is awaited, one level fewer
         # to resume on every response.
-        return plan.run(self._connections.fetch)
+        if timeout is None:
+            return plan.run(self._connections.fetch)
+        if not timeout > 0:  # NaN too
+            raise InvalidInput("timeout must be a positive number of seconds")
+        fetch = self._connections.fetch
+        return plan.run(lambda plan: fetch(plan, True, timeout))
 
     def _start_span(self, statement: Statement) -> trace.Span:
         return self._tracer.start_span(
@@ -231,22 +250,31 @@ class ChatStore:
     # -- public operations: plan, run (the plan finishes its rows) ------------------
 
     @_documented_by(plan_create_conversation)
-    async def create_conversation(self, user_id: str) -> Conversation:
+    async def create_conversation(
+        self,
+        user_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Conversation:
         try:
             plan = plan_create_conversation(user_id=user_id)
         except InvalidInput as error:
             raise self._rejected(plan_create_conversation, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_get_conversation)
     async def get_conversation(
-        self, user_id: str, conversation_id: uuid.UUID | str
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Conversation:
         try:
             plan = plan_get_conversation(user_id=user_id, conversation_id=conversation_id)
         except InvalidInput as error:
             raise self._rejected(plan_get_conversation, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_list_conversations)
     async def list_conversations(
@@ -256,6 +284,7 @@ class ChatStore:
         status: ConversationStatus | str = ConversationStatus.ACTIVE,
         limit: int = 50,
         cursor: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Page[Conversation]:
         try:
             plan = plan_list_conversations(
@@ -263,7 +292,7 @@ class ChatStore:
             )
         except InvalidInput as error:
             raise self._rejected(plan_list_conversations, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_add_message)
     async def add_message(
@@ -275,6 +304,7 @@ class ChatStore:
         *,
         metadata: dict[str, Any] | None = None,
         message_id: uuid.UUID | str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Message:
         try:
             plan = plan_add_message(
@@ -287,7 +317,7 @@ class ChatStore:
             )
         except InvalidInput as error:
             raise self._rejected(plan_add_message, error) from None
-        message, replayed = await self._run(plan)
+        message, replayed = await self._run(plan, timeout)
         if replayed and self._metrics is not None:
             self._metrics.idempotent_replays.inc()
         return message
@@ -300,6 +330,7 @@ class ChatStore:
         *,
         limit: int = 20,
         cursor: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Page[Message]:
         try:
             plan = plan_get_history(
@@ -307,38 +338,56 @@ class ChatStore:
             )
         except InvalidInput as error:
             raise self._rejected(plan_get_history, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_archive_conversation)
     async def archive_conversation(
-        self, user_id: str, conversation_id: uuid.UUID | str
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Conversation:
         try:
             plan = plan_archive_conversation(user_id=user_id, conversation_id=conversation_id)
         except InvalidInput as error:
             raise self._rejected(plan_archive_conversation, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_restore_conversation)
     async def restore_conversation(
-        self, user_id: str, conversation_id: uuid.UUID | str
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Conversation:
         try:
             plan = plan_restore_conversation(user_id=user_id, conversation_id=conversation_id)
         except InvalidInput as error:
             raise self._rejected(plan_restore_conversation, error) from None
-        return await self._run(plan)
+        return await self._run(plan, timeout)
 
     @_documented_by(plan_delete_conversation)
-    async def delete_conversation(self, user_id: str, conversation_id: uuid.UUID | str) -> None:
+    async def delete_conversation(
+        self,
+        user_id: str,
+        conversation_id: uuid.UUID | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
         try:
             plan = plan_delete_conversation(user_id=user_id, conversation_id=conversation_id)
         except InvalidInput as error:
             raise self._rejected(plan_delete_conversation, error) from None
-        await self._run(plan)
+        await self._run(plan, timeout)
 
     async def archive_inactive_conversations(
-        self, *, idle_for: timedelta, batch_size: int = 1000
+        self,
+        *,
+        idle_for: timedelta,
+        batch_size: int = 1000,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> int:
         """Archive every conversation idle longer than ``idle_for``; returns how many.
 
@@ -347,8 +396,11 @@ class ChatStore:
         appends wait at most one batch. Conversations locked by a writer are
         skipped until the next run.
 
+        ``timeout`` bounds each batch, as every operation's (see the class).
+
         Raises:
             InvalidInput: negative ``idle_for`` or a batch size outside 1..100000.
+            OperationTimeout: a batch did not finish within ``timeout``.
         """
         try:
             plan = plan_archive_inactive_batch(idle_for=idle_for, batch_size=batch_size)
@@ -356,7 +408,7 @@ class ChatStore:
             raise self._rejected(plan_archive_inactive_batch, error) from None
         total = 0
         while True:
-            archived = await self._run(plan)
+            archived = await self._run(plan, timeout)
             total += archived
             if archived < batch_size:
                 return total
