@@ -8,6 +8,11 @@ Commands::
     python -m loadtests gate update-baseline --summary A.json --summary B.json
     python -m loadtests gate prove slow-query       # the gate must fail (prove.py)
     python -m loadtests gate prove quiet --runs 3   # the gate must pass every time
+    python -m loadtests gate client-cost check      # instructions per call (cachegrind)
+    python -m loadtests gate client-cost update-baseline
+    python -m loadtests gate server-work check      # rows, buffers, WAL per operation
+    python -m loadtests gate server-work update-budget
+    python -m loadtests gate sensitivity            # each regression fails its guard
 
 ``check`` runs ``python -m loadtests run --driver both --mode paced --users 100
 --duration 60 --warmup 10`` (half the users on ChatStore, half on the raw
@@ -96,6 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prove.add_arguments(
         sub.add_parser("prove", help="show the gate fails on a regression and passes without")
     )
+    from loadtests.gate import client_cost, sensitivity, server_work
+
+    client_cost.add_arguments(
+        sub.add_parser("client-cost", help="instructions per call of each operation (cachegrind)")
+    )
+    server_work.add_arguments(
+        sub.add_parser("server-work", help="rows, buffers, WAL records per operation")
+    )
+    sensitivity.add_arguments(
+        sub.add_parser("sensitivity", help="each injected regression fails its guard")
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,6 +121,14 @@ def main(args: argparse.Namespace) -> int:
             return check(args)
         if args.gate_command == "update-baseline":
             return update_baseline(args)
+        if args.gate_command in ("client-cost", "server-work", "sensitivity"):
+            from loadtests.gate import client_cost, sensitivity, server_work
+
+            if args.gate_command == "client-cost":
+                return client_cost.main(args)
+            if args.gate_command == "server-work":
+                return server_work.main(args)
+            return sensitivity.main(args)
         return prove.main(args)
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
