@@ -47,10 +47,10 @@ def install(delay_ms: float) -> None:
     slow._names = names
     original = ChatStore._execute
 
-    async def slower(self: ChatStore, plan: Plan[Any]) -> Any:
+    async def slower(self: ChatStore, plan: Plan[Any], timeout: float | None = None) -> Any:
         if plan.statement is history:
             plan = dataclasses.replace(plan, statement=slow)
-        return await original(self, plan)
+        return await original(self, plan, timeout)
 
     ChatStore._execute = slower  # type: ignore[method-assign]
 
