@@ -47,10 +47,10 @@ def install(delay_ms: float) -> None:
     slow._names = names
     original = ChatStore._execute
 
-    async def slower(self: ChatStore, plan: Plan[Any], timeout: float | None = None) -> Any:
+    async def slower(self: ChatStore, plan: Plan[Any], within: float | None = None) -> Any:
         if plan.statement is history:
             plan = dataclasses.replace(plan, statement=slow)
-        return await original(self, plan, timeout)
+        return await original(self, plan, within)
 
     ChatStore._execute = slower  # type: ignore[method-assign]
 
