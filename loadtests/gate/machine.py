@@ -18,6 +18,9 @@ import asyncpg
 from loadtests.core.database import scratch_database_migrated
 from loadtests.gate.regressions import Regression
 
+#: The server version of the last scratch database made (for describe()).
+_postgres = "unknown"
+
 
 async def _run_sql(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url)
@@ -46,22 +49,21 @@ def scratch_database(regression: Regression | None) -> Iterator[str]:
     with scratch_database_migrated(os.environ.get("DATABASE_URL")) as url:
         if regression is not None and regression.sql is not None:
             asyncio.run(_run_sql(url, regression.sql))
-        # Every run of a guard is read against its own baseline: remember the
-        # server it ran on for describe().
-        os.environ["CHAT_STORAGE_GATE_SERVER_URL"] = url
+        # Asked now: describe() may run after the scratch database is dropped.
+        global _postgres
+        _postgres = asyncio.run(_server_version(url))
         yield url
 
 
 def describe(**extra: Any) -> dict[str, Any]:
     """Machine, versions and date of a baseline being recorded now."""
-    url = os.environ.get("CHAT_STORAGE_GATE_SERVER_URL")
     packages = ("sqlalchemy", "asyncpg")
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "postgresql": asyncio.run(_server_version(url)) if url else "unknown",
+        "postgresql": _postgres,
         **{name: metadata.version(name) for name in packages},
         **extra,
     }
