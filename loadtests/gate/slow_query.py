@@ -47,10 +47,15 @@ def install(delay_ms: float) -> None:
     slow._names = names
     original = ChatStore._execute
 
-    async def slower(self: ChatStore, plan: Plan[Any], within: float | None = None) -> Any:
+    # The parameter's name is _execute's: mypy checks the replacement's signature.
+    async def slower(
+        self: ChatStore,
+        plan: Plan[Any],
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
         if plan.statement is history:
             plan = dataclasses.replace(plan, statement=slow)
-        return await original(self, plan, within)
+        return await original(self, plan, timeout)
 
     ChatStore._execute = slower  # type: ignore[method-assign]
 
