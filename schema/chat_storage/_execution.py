@@ -24,10 +24,12 @@ onto the queue or to the next waiter. Everything else (connecting, recycling,
 closing overflow, an event listener or pre-ping on the pool) runs checkout,
 statement and checkin inside one greenlet, through ``pool.connect()``.
 
-Deadlines and cancellation: every statement carries the operation's deadline
-(asyncpg's own ``timeout=``: a timer, no extra task, and a cancel request to the
-server when it fires); a wait for a connection ends at the deadline too, and
-the rarer greenlet path (connecting, recycling) runs under ``asyncio.timeout``.
+Deadlines and cancellation: every statement is watched for the operation's
+deadline (:class:`_Watch`: one timer for all statements in flight, no task
+and no timer per operation; when it fires the statement's task is cancelled,
+and asyncpg sends the server a cancel request); a wait for a connection ends
+at the deadline too, and the rarer greenlet path (connecting, recycling) runs
+under ``asyncio.timeout``.
 When a statement is cut short (deadline, or the caller's task cancelled), the
 connection's pool slot is freed only after the server has ended the statement:
 :func:`_settle` waits for asyncpg's cancel request to be acknowledged, ends the
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Final
 
@@ -70,32 +73,29 @@ __all__ = ["Connections"]
 SETTLE_TIMEOUT: Final = 5.0
 
 
-async def _send_plain(driver: Any, sql: str, args: list[Any], within: float | None) -> list[Any]:
-    rows: list[Any] = await driver.fetch(sql, *args, timeout=within)
+async def _send_plain(driver: Any, sql: str, args: list[Any]) -> list[Any]:
+    rows: list[Any] = await driver.fetch(sql, *args)
     return rows
 
 
-async def _send_in_transaction(
-    driver: Any, sql: str, args: list[Any], within: float | None
-) -> list[Any]:
+async def _send_in_transaction(driver: Any, sql: str, args: list[Any]) -> list[Any]:
     # PgBouncer in transaction mode (Neon's -pooler endpoint) may hand each
     # transaction to a different server connection; asyncpg's prepare and
     # execute are separate exchanges, so they must share one explicit
     # transaction (otherwise four round trips instead of one, or a prepared
     # statement missing on the server connection that executes it).
-    async with asyncio.timeout(within):
-        transaction = driver.transaction()
-        await transaction.start()
-        try:
-            rows: list[Any] = await driver.fetch(sql, *args)
-        except BaseException as exc:
-            # Only after the server's own error: cut short mid-statement, a
-            # ROLLBACK would wait for the cancel (a silent peer: forever), and
-            # the connection is discarded anyway, which rolls back.
-            if getattr(exc, "sqlstate", None) is not None and not driver.is_closed():
-                await transaction.rollback()
-            raise
-        await transaction.commit()
+    transaction = driver.transaction()
+    await transaction.start()
+    try:
+        rows: list[Any] = await driver.fetch(sql, *args)
+    except BaseException as exc:
+        # Only after the server's own error: cut short mid-statement, a
+        # ROLLBACK would wait for the cancel (a silent peer: forever), and
+        # the connection is discarded anyway, which rolls back.
+        if getattr(exc, "sqlstate", None) is not None and not driver.is_closed():
+            await transaction.rollback()
+        raise
+    await transaction.commit()
     return rows
 
 
@@ -115,6 +115,70 @@ def _timed_out(timeout: float) -> OperationTimeout:
     return OperationTimeout(f"the operation did not finish within its deadline ({timeout:g} s)")
 
 
+# _Watch entries: [deadline, task, state].
+_RUNNING: Final = 0
+_DONE: Final = 1
+_EXPIRED: Final = 2
+
+
+class _Watch:
+    """The deadlines of the statements in flight, in deadline order, under one timer.
+
+    A timer per statement (asyncpg's ``timeout=``, ``asyncio.timeout``) costs a
+    heap push, a cancel and clock reads on every operation, and fills the loop's
+    heap with cancelled timers (each deadline is seconds away, each statement
+    milliseconds): measurably more client CPU per operation. Here a statement
+    appends a small list and sets a flag; the one timer is armed for the oldest
+    statement in flight, and when a deadline passes that statement's task is
+    cancelled (asyncpg then sends the server a cancel request) and marked
+    expired, which the task turns into OperationTimeout.
+    """
+
+    __slots__ = ("_entries", "_loop", "_timer")
+
+    def __init__(self) -> None:
+        self._entries: deque[list[Any]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self, seconds: float) -> list[Any] | None:
+        """Watch the current task's statement for ``seconds``; None when its deadline
+        is earlier than one already watched (the caller then times it itself)."""
+        loop = asyncio.get_running_loop()
+        entries = self._entries
+        if loop is not self._loop:  # the engine moved to another loop (see ChatStore._run)
+            entries = self._entries = deque()
+            self._loop, self._timer = loop, None
+        deadline = loop.time() + seconds
+        while entries and entries[0][2]:
+            entries.popleft()
+        if entries and deadline < entries[-1][0]:
+            return None
+        entry = [deadline, asyncio.current_task(loop), _RUNNING]
+        entries.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire_due)
+        return entry
+
+    def _expire_due(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        entries = self._entries
+        now = loop.time()
+        while entries:
+            entry = entries[0]
+            if entry[2]:
+                entries.popleft()
+            elif entry[0] <= now:
+                entries.popleft()
+                entry[2] = _EXPIRED
+                entry[1].cancel()
+            else:
+                self._timer = loop.call_at(entry[0], self._expire_due)
+                return
+
+
 def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
     # The deadline passed while the caller waited for a connection.
     if not waiter.done():
@@ -124,7 +188,15 @@ def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
 class Connections:
     """ChatStore's connections from ``engine``'s pool, one statement at a time."""
 
-    __slots__ = ("_checkout_attempts", "_engine", "_pooler", "_settling", "hot", "timeout")
+    __slots__ = (
+        "_checkout_attempts",
+        "_engine",
+        "_pooler",
+        "_settling",
+        "_watch",
+        "hot",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -153,6 +225,7 @@ class Connections:
         # Connections whose cut-short statement is being cancelled on the server
         # (referenced here so the tasks are not collected mid-way).
         self._settling: set[asyncio.Task[None]] = set()
+        self._watch = _Watch()
 
     async def fetch(
         self,
@@ -225,23 +298,41 @@ class Connections:
                     # most operations never wait, and this runs on every one.
                     hot.zero_waits[0] += 1
             driver = record.driver_connection
+            watched = None if remaining is None else self._watch.enter(remaining)
             try:
-                if self._pooler:
-                    rows = await _send_in_transaction(driver, sql, args, remaining)
+                if watched is not None or remaining is None:
+                    if self._pooler:
+                        rows = await _send_in_transaction(driver, sql, args)
+                    else:
+                        rows = await driver.fetch(sql, *args)
                 else:
-                    rows = await driver.fetch(sql, *args, timeout=remaining)
+                    # A deadline earlier than one watched (a shorter timeout=,
+                    # or after a wait): timed on its own.
+                    async with asyncio.timeout(remaining):
+                        send = _send_in_transaction if self._pooler else _send_plain
+                        rows = await send(driver, sql, args)
             except BaseException as exc:
+                expired = watched is not None and watched[2] == _EXPIRED
+                if expired:
+                    # The watch's cancellation, not the caller's.
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.uncancel()
+                elif watched is not None:
+                    watched[2] = _DONE
                 if _cut_short(driver, exc):
                     settling = self._settle_later(_settle_record(pool, record, driver, exc))
-                    if isinstance(exc, asyncio.CancelledError):
+                    if isinstance(exc, asyncio.CancelledError) and not expired:
                         # A cancelled caller resumes once the server has ended
                         # the statement (a deadline's caller does not wait).
                         await _wait_settled(settling)
                 else:
                     await greenlet_spawn(_return_after_error, pool, record, driver, exc)
-                if isinstance(exc, TimeoutError) and timeout is not None:
+                if timeout is not None and (expired or isinstance(exc, TimeoutError)):
                     raise _timed_out(timeout) from exc
                 raise
+            if watched is not None:
+                watched[2] = _DONE
             if not pool.give_back(record):
                 await greenlet_spawn(pool.return_record, record)
             return rows
@@ -313,7 +404,7 @@ class Connections:
         try:
             send = _send_in_transaction if self._pooler else _send_plain
             # The deadline is _via_greenlet's (asyncio.timeout cancels this).
-            rows: list[Any] = await_only(send(driver, sql, args, None))
+            rows: list[Any] = await_only(send(driver, sql, args))
             return rows
         except BaseException as exc:
             if _cut_short(driver, exc):

@@ -264,3 +264,31 @@ async def test_pooled_connections_keep_alive(database_url: str, engines: list[As
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         with contextlib.suppress(AttributeError):  # Linux only
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+
+
+async def test_shorter_deadline_than_one_in_flight(
+    database_url: str, user_id: str, engines: list[AsyncEngine]
+) -> None:
+    """A call whose deadline comes before one already in flight still meets it."""
+    name = f"deadline-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(
+        database_url=database_url, pool_size=2, max_overflow=0, application_name=name
+    )
+    engines.append(engine)
+    store = ChatStore(engine)
+    conversation = await store.create_conversation(user_id)
+    blocker = await hold_lock(database_url, conversation.id)
+    try:
+        patient = asyncio.create_task(store.add_message(user_id, conversation.id, "user", "a"))
+        await asyncio.sleep(0.2)  # in flight, its deadline 30 s away
+        started = time.perf_counter()
+        with pytest.raises(OperationTimeout):
+            await store.add_message(user_id, conversation.id, "user", "b", timeout=0.3)
+        overshoot = time.perf_counter() - started - 0.3
+        assert -0.01 < overshoot < MARGIN
+        assert not patient.done()
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    assert (await patient).seq == 1
+    assert [m.content for m in (await store.get_history(user_id, conversation.id)).items] == ["a"]
