@@ -32,9 +32,10 @@ from chat_storage import (
     create_engine,
 )
 
-# How late a deadline may be met: the loop's turn and the error's path, on a
-# shared machine.
-MARGIN = 0.25
+# How late a deadline may be met. What the tests tell apart is "met" from "never"
+# (a hang) or "the 30 s default": a busy machine delays the loop's turn, so the
+# margin is wide enough that load cannot fail a correct run.
+MARGIN = 2.0
 
 
 class BlackholeProxy:
