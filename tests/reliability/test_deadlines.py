@@ -292,4 +292,9 @@ async def test_shorter_deadline_than_one_in_flight(
         await blocker.execute("ROLLBACK")
         await blocker.close()
     assert (await patient).seq == 1
-    assert [m.content for m in (await store.get_history(user_id, conversation.id)).items] == ["a"]
+    # The timed-out caller gets its error at once while the cancel is still on its
+    # way; if the lock goes first, "b" commits. That is the documented contract (a
+    # timed-out append may or may not be stored; a retry with its message_id
+    # stores it once), so "b" is allowed once, after "a", never twice.
+    stored = [m.content for m in (await store.get_history(user_id, conversation.id)).items]
+    assert stored in (["a"], ["a", "b"])
