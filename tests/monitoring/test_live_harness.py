@@ -81,7 +81,7 @@ RATE_SLACK = 1.0
 SIZE_TOLERANCE = 0.01
 #: p95s are compared for operations with at least this many requests: below it the
 #: p95 is decided by a handful of calls, and the harness's timing (through gevent
-#: and a thread hop) can add more than a 1 ms bucket to one of them.
+#: and a thread hop) can move one of them across a bucket edge.
 P95_MIN_SAMPLES = 200
 #: Shortened alert ``for:`` periods (seconds) in the test-only rule file.
 ALERT_FOR = "3s"
